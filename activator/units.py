@@ -1,0 +1,413 @@
+"""systemd unit syntax: names, lines, drop-ins and specifiers, with line numbers.
+
+Rule 1: this module is pure. It takes file *contents* and directory *listings* as arguments and never
+opens, lists or stats anything itself; ``loader`` does the reading. That keeps every rule here
+testable with hypothesis and makes "what files make up this unit, in which order" a plain function.
+
+Rule 2: nothing a user wrote is lost without a word. Every line that is not understood becomes a
+:class:`~activator.errors.Problem` that names the file and line; syntax errors are errors (we run
+other people's code as root's delegate, so a half-read unit must not run), unknown sections are
+warnings as in systemd.
+
+Rule 3: this module knows the *syntax* only. Which keys exist, which accumulate into lists and what
+their values mean is ``model``'s business; here an assignment is a (section, key, value, place).
+
+Theory of operation: ``parse_unit_text`` turns one file into assignments (systemd's
+``config_parse``: ``#``/``;`` comments, ``[Section]`` headers, ``Key=Value``, a trailing backslash
+continues the line, comment lines inside a continuation are skipped). ``resolve_unit_files`` decides
+which fragment and which drop-ins make up a unit, in systemd's order. ``expand_specifiers`` resolves
+``%i`` and friends against a unit name; ``model`` calls it per value, after splitting words, so an
+instance name can never add or remove a word of a command line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import attrs
+
+from activator.errors import Problem, Severity
+
+#: The unit types activator reads. systemd has more (timers, mounts, ...); they are not ours to run.
+UNIT_SUFFIXES = ("service", "socket")
+
+#: The sections each unit type may have. ``X-`` sections are extensions and ignored silently.
+KNOWN_SECTIONS: Mapping[str, frozenset[str]] = {
+    "service": frozenset({"Unit", "Service", "Install"}),
+    "socket": frozenset({"Unit", "Socket", "Install"}),
+}
+
+#: systemd's UNIT_NAME_MAX is 256 including the NUL.
+UNIT_NAME_MAX = 255
+
+#: systemd's LONG_LINE_MAX: a longer (continued) line is refused rather than cut.
+LONG_LINE_MAX = 1024 * 1024
+
+# unit-name.c: VALID_CHARS, plus "@" which only separates prefix from instance.
+_VALID_NAME_CHARS = re.compile(r"[0-9A-Za-z:\-_.\\]+")
+
+
+@attrs.frozen
+class UnitName:
+    """A unit name split into its parts.
+
+    ``foo.service`` has instance None; the template ``foo@.service`` has instance ``""``; the instance
+    ``foo@bar.service`` has instance ``"bar"``.
+    """
+
+    prefix: str
+    instance: str | None
+    suffix: str
+
+    @property
+    def name(self) -> str:
+        if self.instance is None:
+            return f"{self.prefix}.{self.suffix}"
+        return f"{self.prefix}@{self.instance}.{self.suffix}"
+
+    @property
+    def stem(self) -> str:
+        """The name without its type suffix (``%N``)."""
+        return self.name.rsplit(".", 1)[0]
+
+    @property
+    def is_template(self) -> bool:
+        return self.instance == ""
+
+    @property
+    def is_instance(self) -> bool:
+        return bool(self.instance)
+
+    @property
+    def template(self) -> UnitName:
+        """The template this is an instance of (itself for templates; plain names have none)."""
+        if self.instance is None:
+            msg = f"{self.name!r} is not a template or an instance"
+            raise ValueError(msg)
+        return attrs.evolve(self, instance="")
+
+    def with_suffix(self, suffix: str) -> UnitName:
+        return attrs.evolve(self, suffix=suffix)
+
+    def with_instance(self, instance: str | None) -> UnitName:
+        return attrs.evolve(self, instance=instance)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def parse_unit_name(text: str) -> UnitName:
+    """Split and validate a unit name, as systemd's ``unit_name_is_valid`` does.
+
+    Raises:
+        ValueError: with the reason, when ``text`` is not a valid ``.service`` or ``.socket`` name.
+    """
+    if len(text) > UNIT_NAME_MAX:
+        msg = f"unit name must be at most {UNIT_NAME_MAX} characters (got {len(text)})"
+        raise ValueError(msg)
+    stem, dot, suffix = text.rpartition(".")
+    if not dot or suffix not in UNIT_SUFFIXES:
+        msg = f"unit name must end in .service or .socket (got {text!r})"
+        raise ValueError(msg)
+    prefix, at, instance = stem.partition("@")
+    if not prefix:
+        msg = f"unit name must have a prefix before '@' or '.' (got {text!r})"
+        raise ValueError(msg)
+    for part, what in ((prefix, "prefix"), (instance, "instance")):
+        if part and not _VALID_NAME_CHARS.fullmatch(part):
+            bad = next(c for c in part if not _VALID_NAME_CHARS.fullmatch(c))
+            msg = f"unit name {what} must not contain {bad!r} (got {text!r})"
+            raise ValueError(msg)
+    return UnitName(prefix=prefix, instance=instance if at else None, suffix=suffix)
+
+
+def escape_unit_name_part(text: str) -> str:
+    """``systemd-escape``: make any string a valid instance name (``/`` becomes ``-``).
+
+    Rendered names round-trip through :func:`unescape_unit_name_part`.
+    """
+    out = []
+    for i, ch in enumerate(text):
+        if ch == "/":
+            out.append("-")
+        elif (ch.isascii() and (ch.isalnum() or ch in ":_")) or (ch == "." and i > 0):
+            out.append(ch)
+        else:
+            out.extend(f"\\x{b:02x}" for b in ch.encode())
+    return "".join(out)
+
+
+def unescape_unit_name_part(text: str) -> str:
+    """systemd's ``unit_name_unescape``, used by ``%I`` and ``%P``: ``-`` is ``/``, ``\\xNN`` a byte."""
+    out = bytearray()
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch == "-":
+            out += b"/"
+            i += 1
+        elif ch == "\\" and text[i + 1 : i + 2] == "x" and re.fullmatch(
+            r"[0-9a-fA-F]{2}", text[i + 2 : i + 4]
+        ):
+            out.append(int(text[i + 2 : i + 4], 16))
+            i += 4
+        else:
+            out += ch.encode()
+            i += 1
+    return out.decode("utf-8", errors="replace")
+
+
+# ---------------------------------------------------------------------------------------------
+# Lines
+
+
+@attrs.frozen
+class Assignment:
+    """One ``Key=Value`` line, with where it came from."""
+
+    section: str
+    key: str
+    value: str
+    path: str
+    line: int
+
+
+@attrs.frozen
+class UnitText:
+    """What one file says: its assignments in order, and every problem found on the way."""
+
+    path: str
+    assignments: tuple[Assignment, ...]
+    problems: tuple[Problem, ...]
+
+
+def _problem(path: str, line: int | None, reason: str, *, warning: bool = False) -> Problem:
+    severity = Severity.WARNING if warning else Severity.ERROR
+    return Problem(path=path, line=line, key=None, value=None, reason=reason, severity=severity)
+
+
+def decode_unit_bytes(data: bytes, path: str) -> tuple[str | None, Problem | None]:
+    """Decode a unit file as UTF-8; a file that is not is refused whole, naming the first bad line."""
+    if b"\0" in data:
+        line = data[: data.index(b"\0")].count(b"\n") + 1
+        return None, _problem(path, line, "file contains a NUL byte")
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        return None, _problem(path, line, f"file is not valid UTF-8 (byte 0x{data[e.start]:02x})")
+
+
+def parse_unit_text(text: str, path: str, *, unit_type: str) -> UnitText:
+    """Parse one unit file or drop-in into assignments (systemd's ``config_parse``).
+
+    Args:
+        text: the file's contents.
+        path: the file's path, as it is to appear in messages.
+        unit_type: ``"service"`` or ``"socket"``: decides which sections are known.
+
+    Returns:
+        The assignments in file order, and the problems (errors and warnings) in line order.
+    """
+    known = KNOWN_SECTIONS[unit_type]
+    assignments: list[Assignment] = []
+    problems: list[Problem] = []
+    section: str | None = None
+    ignoring_section = False
+    pending: list[str] = []  # pieces of a line continued with a trailing backslash
+    pending_start = 0
+
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    for number, raw in enumerate(lines, start=1):
+        raw = raw.removesuffix("\r")
+        stripped = raw.strip()
+        if pending and stripped[:1] in ("#", ";"):
+            # systemd.syntax(7): comment lines inside a continuation are skipped.
+            continue
+        if not pending:
+            pending_start = number
+        trailing = len(raw) - len(raw.rstrip("\\"))
+        if trailing % 2 == 1:  # an odd run of backslashes: the last one escapes the newline
+            pending.append(raw[:-1])
+            if sum(len(p) for p in pending) > LONG_LINE_MAX:
+                problems.append(_problem(path, pending_start, "line is too long"))
+                pending.clear()
+            continue
+        pending.append(raw)
+        # systemd joins a continued line with a space in place of the backslash.
+        logical = " ".join(pending).strip()
+        pending.clear()
+        start = pending_start
+        if len(logical) > LONG_LINE_MAX:
+            problems.append(_problem(path, start, "line is too long"))
+            continue
+        if not logical or logical[0] in "#;":
+            continue
+        if logical.startswith("["):
+            if not logical.endswith("]") or len(logical) < 3 or "]" in logical[1:-1]:
+                problems.append(_problem(path, start, f"invalid section header {logical!r}"))
+                section, ignoring_section = None, True
+                continue
+            section = logical[1:-1]
+            ignoring_section = False
+            if section not in known:
+                ignoring_section = True
+                if not section.startswith("X-"):
+                    # systemd: "Unknown section '%s'. Ignoring."
+                    problems.append(
+                        _problem(path, start, f"Unknown section '{section}'. Ignoring.", warning=True)
+                    )
+            continue
+        if ignoring_section:
+            continue
+        if section is None:
+            problems.append(_problem(path, start, "assignment outside of any section"))
+            continue
+        key, eq, value = logical.partition("=")
+        key = key.strip()
+        if not eq:
+            problems.append(_problem(path, start, f"missing '=' in {logical!r}"))
+            continue
+        if not key:
+            problems.append(_problem(path, start, f"missing key name in {logical!r}"))
+            continue
+        assignments.append(Assignment(section, key, value.strip(), path, start))
+    if pending:
+        # A backslash on the last line: systemd takes what it has; so do we, but say so.
+        problems.append(_problem(path, pending_start, "file ends inside a continued line"))
+    return UnitText(path=path, assignments=tuple(assignments), problems=tuple(problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# Which files make up a unit
+
+
+@attrs.frozen
+class UnitDirectory:
+    """A snapshot of one units directory: its unit files and its drop-in directories.
+
+    Attributes:
+        path: the directory.
+        files: names of the unit files in it (``foo.service``, ``bar@.socket``).
+        dropins: for each ``NAME.d`` directory in it, the ``*.conf`` names inside.
+    """
+
+    path: str
+    files: frozenset[str]
+    dropins: Mapping[str, frozenset[str]] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class UnitFiles:
+    """The files that make up one unit, in the order they apply: fragment first, then drop-ins."""
+
+    fragment: str
+    dropins: tuple[str, ...]
+
+
+def _dropin_names(name: UnitName) -> list[str]:
+    """The ``.d`` directory names that apply to a unit, least specific first.
+
+    As systemd 252: the type-wide ``service.d``, then each dash-truncated prefix (``foo-.service.d``
+    for ``foo-bar-baz.service``), then the template, then the unit itself.
+    """
+    names = [f"{name.suffix}.d"]
+    parts = name.prefix.split("-")
+    names += ["-".join(parts[:i]) + f"-.{name.suffix}.d" for i in range(1, len(parts))]
+    if name.instance is not None:
+        names.append(f"{name.template.name}.d")
+    if not name.is_template:
+        names.append(f"{name.name}.d")
+    return list(dict.fromkeys(names))
+
+
+def resolve_unit_files(name: UnitName, directories: Sequence[UnitDirectory]) -> UnitFiles | None:
+    """Decide which fragment and drop-ins make up ``name``, as systemd does.
+
+    The fragment is the first directory's ``name`` file; an instance without a file of its own uses
+    its template's. Drop-ins are all ``*.conf`` files of the applicable ``.d`` directories (see
+    ``_dropin_names``) in every directory; of several files with the same name, the one in the
+    earlier directory wins and, within one directory, the more specific ``.d``; the survivors apply
+    sorted by file name.
+
+    Returns:
+        None when no directory holds a fragment for the unit.
+    """
+    candidates = [name.name]
+    if name.is_instance:
+        candidates.append(name.template.name)
+    fragment = None
+    for candidate in candidates:
+        for directory in directories:
+            if candidate in directory.files:
+                fragment = f"{directory.path}/{candidate}"
+                break
+        if fragment is not None:
+            break
+    if fragment is None:
+        return None
+    chosen: dict[str, str] = {}
+    for directory in directories:
+        for dname in reversed(_dropin_names(name)):
+            for conf in directory.dropins.get(dname, frozenset()):
+                chosen.setdefault(conf, f"{directory.path}/{dname}/{conf}")
+    return UnitFiles(fragment=fragment, dropins=tuple(chosen[c] for c in sorted(chosen)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Specifiers
+
+#: The fixed directories of the system manager, as systemd resolves them for system units.
+SYSTEM_DIRECTORIES: Mapping[str, str] = {"t": "/run", "S": "/var/lib", "C": "/var/cache", "L": "/var/log"}
+
+#: Every specifier activator resolves, for messages and docs.
+KNOWN_SPECIFIERS = "%i %I %n %N %p %P %t %S %C %L %%"
+
+
+def specifier_table(name: UnitName) -> Mapping[str, str]:
+    """What each specifier of ``KNOWN_SPECIFIERS`` means for unit ``name``."""
+    instance = name.instance or ""
+    return {
+        "i": instance,
+        "I": unescape_unit_name_part(instance),
+        "n": name.name,
+        "N": name.stem,
+        "p": name.prefix,
+        "P": unescape_unit_name_part(name.prefix),
+        "%": "%",
+        **SYSTEM_DIRECTORIES,
+    }
+
+
+def expand_specifiers(text: str, name: UnitName) -> str:
+    """Resolve ``%`` specifiers in one value for unit ``name`` (systemd's ``specifier_printf``).
+
+    Raises:
+        ValueError: on a specifier activator does not know, or a lone ``%`` at the end. systemd
+            would leave some unknown specifiers in place; failing closed is safer for values that
+            become paths and user names.
+    """
+    if "%" not in text:
+        return text
+    table = specifier_table(name)
+    out = []
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        if ch != "%":
+            out.append(ch)
+            i += 1
+            continue
+        spec = text[i + 1 : i + 2]
+        if not spec:
+            msg = "value ends in a lone '%' (write '%%' for a percent sign)"
+            raise ValueError(msg)
+        if spec not in table:
+            msg = f"unknown specifier '%{spec}' (known: {KNOWN_SPECIFIERS})"
+            raise ValueError(msg)
+        out.append(table[spec])
+        i += 2
+    return "".join(out)
