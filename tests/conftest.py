@@ -1,0 +1,23 @@
+"""Shared test set-up: hypothesis profiles and the rule for tests that need root."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("dev", max_examples=100)
+settings.register_profile(
+    "ci", max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None
+)
+settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``root`` tests skip when not root, except under CI=true, where a skip would hide a gap."""
+    if item.get_closest_marker("root") is None or os.geteuid() == 0:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail("this test needs root, and CI runs as root: a skip here would hide a gap")
+    pytest.skip("needs root")
