@@ -1,0 +1,198 @@
+"""The catalog: every unit of the units directories, built, paired and ready to instantiate.
+
+Rule 1: pure. It takes directory snapshots and file contents (``loader`` reads them) and returns
+models and problems; instantiating a template later (a connection, ``activator enable``) needs no
+file access either, so the contents are kept.
+
+Rule 2: a bad unit never stops the others. Each unit is built on its own; one with errors is left
+out of ``sockets``/``services``/``templates``, and its problems are reported. A socket whose
+service is broken or missing is left out too, with a problem that says why.
+
+Rule 3: templates are checked when loaded, by building one sample instance (``SAMPLE_INSTANCE``),
+so that a broken template is reported by ``activator check`` and not at the first connection.
+Errors that depend on the instance name (``StateDirectory=%i`` with an odd instance) can only show
+at instantiation, and :meth:`Catalog.instantiate` reports them then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import attrs
+
+from activator.errors import ConfigError, Problem, Severity
+from activator.model import ServiceUnit, SocketUnit, Unit, build_service, build_socket
+from activator.units import (
+    UnitDirectory,
+    UnitFiles,
+    UnitName,
+    UnitText,
+    decode_unit_bytes,
+    parse_unit_name,
+    parse_unit_text,
+    resolve_unit_files,
+)
+
+#: The instance name templates are checked with at load time.
+SAMPLE_INSTANCE = "instance"
+
+
+@attrs.frozen
+class Loaded:
+    """One unit that built cleanly: its model, the files it came from, and its warnings."""
+
+    unit: Unit
+    files: UnitFiles
+    warnings: tuple[Problem, ...] = ()
+
+
+@attrs.frozen
+class Catalog:
+    """Everything found in the units directories.
+
+    Attributes:
+        directories: the snapshots the catalog was built from, in priority order.
+        contents: the bytes of every unit file and drop-in, by path.
+        units: plain units and instances with a file of their own, by unit name.
+        templates: templates (``foo@.service``), each as built for ``SAMPLE_INSTANCE``.
+        problems: every error and warning, in path and line order.
+        failed: names of units left out because of errors.
+    """
+
+    directories: tuple[UnitDirectory, ...]
+    contents: Mapping[str, bytes]
+    units: Mapping[str, Loaded]
+    templates: Mapping[str, Loaded]
+    problems: tuple[Problem, ...]
+    failed: frozenset[str]
+
+    @property
+    def sockets(self) -> list[SocketUnit]:
+        return [x.unit for x in self.units.values() if isinstance(x.unit, SocketUnit)]
+
+    @property
+    def services(self) -> list[ServiceUnit]:
+        return [x.unit for x in self.units.values() if isinstance(x.unit, ServiceUnit)]
+
+    @property
+    def errors(self) -> list[Problem]:
+        return [p for p in self.problems if p.is_error]
+
+    def instantiate(self, name: UnitName) -> Loaded:
+        """Build one instance of a template (``foo@bar.service``), drop-ins of its own included.
+
+        Raises:
+            ConfigError: when the template is unknown or broken, or the instance does not build.
+        """
+        if not name.is_instance:
+            msg = f"must name an instance such as {name.prefix}@NAME.{name.suffix}"
+            raise ConfigError(Problem(name.name, None, None, None, msg))
+        if name.name in self.units:
+            return self.units[name.name]
+        template = name.template.name
+        if template not in self.templates:
+            why = "has errors" if template in self.failed else "is not in the units directories"
+            dirs = ", ".join(d.path for d in self.directories) or "(none)"
+            msg = f"template {template} {why} ({dirs})"
+            raise ConfigError(Problem(name.name, None, None, None, msg))
+        return _build(name, self.directories, self.contents)
+
+
+def _texts(files: UnitFiles, contents: Mapping[str, bytes], unit_type: str) -> list[UnitText]:
+    texts = []
+    for path in (files.fragment, *files.dropins):
+        text, problem = decode_unit_bytes(contents.get(path, b""), path)
+        if problem is not None:
+            texts.append(UnitText(path, (), (problem,)))
+        else:
+            assert text is not None
+            texts.append(parse_unit_text(text, path, unit_type=unit_type))
+    return texts
+
+
+def _build(
+    name: UnitName, directories: Sequence[UnitDirectory], contents: Mapping[str, bytes]
+) -> Loaded:
+    files = resolve_unit_files(name, directories)
+    if files is None:
+        msg = "no such unit in the units directories"
+        raise ConfigError(Problem(name.name, None, None, None, msg))
+    texts = _texts(files, contents, name.suffix)
+    build = build_service if name.suffix == "service" else build_socket
+    unit, warnings = build(name, texts)
+    return Loaded(unit, files, tuple(warnings))
+
+
+def build_catalog(directories: Sequence[UnitDirectory], contents: Mapping[str, bytes]) -> Catalog:
+    """Build every unit found in ``directories`` (earlier directories win), then pair sockets.
+
+    Args:
+        directories: snapshots of the units directories, in priority order.
+        contents: the bytes of every file the snapshots name.
+    """
+    names: dict[str, None] = {}
+    for directory in directories:
+        names.update(dict.fromkeys(sorted(directory.files)))
+    units: dict[str, Loaded] = {}
+    templates: dict[str, Loaded] = {}
+    problems: list[Problem] = []
+    failed: set[str] = set()
+    for text_name in names:
+        try:
+            name = parse_unit_name(text_name)
+        except ValueError as e:
+            path = next(f"{d.path}/{text_name}" for d in directories if text_name in d.files)
+            problems.append(Problem(path, None, None, None, str(e), Severity.WARNING))
+            continue
+        try:
+            if name.is_template:
+                loaded = _build(name.with_instance(SAMPLE_INSTANCE), directories, contents)
+                templates[name.name] = loaded
+            else:
+                loaded = units[name.name] = _build(name, directories, contents)
+            problems.extend(loaded.warnings)
+        except ConfigError as e:
+            problems.extend(e.problems)
+            failed.add(name.name)
+    for name_text, loaded in list(units.items()):
+        if isinstance(loaded.unit, SocketUnit):
+            problem = _pairing_problem(loaded, units, templates, failed)
+            if problem is not None:
+                problems.append(problem)
+                failed.add(name_text)
+                del units[name_text]
+    problems.sort(key=lambda p: (p.path, p.line or 0))
+    return Catalog(
+        directories=tuple(directories),
+        contents=dict(contents),
+        units=units,
+        templates=templates,
+        problems=tuple(problems),
+        failed=frozenset(failed),
+    )
+
+
+def _pairing_problem(
+    loaded: Loaded,
+    units: Mapping[str, Loaded],
+    templates: Mapping[str, Loaded],
+    failed: set[str],
+) -> Problem | None:
+    socket = loaded.unit
+    assert isinstance(socket, SocketUnit)
+    target = socket.activates
+    path = loaded.files.fragment
+    available = target.name in units or (
+        target.instance is not None and target.template.name in templates
+    )
+    if available:
+        return None
+    if socket.accept:
+        how = f"Accept=yes starts one {target.name} instance per connection"
+    else:
+        how = f"it activates {target.name}"
+    if target.name in failed or (target.instance is not None and target.template.name in failed):
+        why = "which has errors"
+    else:
+        why = "which is not in the units directories"
+    return Problem(path, None, None, None, f"{how}, {why}; socket not loaded")

@@ -1,0 +1,301 @@
+"""The ``activator`` command line.
+
+Rule 1: only :func:`main` maps outcomes to exit codes: 0 ok, 1 runtime failure, 2 usage or
+configuration error. Library code raises; it never calls ``sys.exit``.
+
+Rule 2: problems go to stderr, one per line, prefixed ``activator:`` (warnings ``activator:
+warning:``); what the user asked to see goes to stdout. ``--json`` gives the same as one JSON
+document, for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+import attrs
+
+from activator import __version__, values
+from activator.catalog import Catalog, Loaded
+from activator.errors import ConfigError, Problem
+from activator.loader import load_catalog
+from activator.model import ServiceUnit, SocketUnit
+from activator.settings import Settings, load_settings
+from activator.units import UnitName, parse_unit_name
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="activator",
+        description="Socket-activation super-server: every connection runs as a fresh dynamic "
+        "user in its own sandbox.",
+    )
+    parser.add_argument("--version", action="version", version=f"activator {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    check = sub.add_parser(
+        "check",
+        help="load units and settings, report every problem and what would run",
+        description="Load the units and settings, print every problem (not just the first) and "
+        "what would run. Exits 0 when clean (warnings allowed), 2 on errors.",
+    )
+    check.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="a units directory, a unit file, or an instance of a template in one "
+        "(DIR/foo@bar.service); default: the directories of the settings",
+    )
+    _add_settings_arguments(check)
+    check.add_argument("--json", action="store_true", help="print one JSON document")
+    return parser
+
+
+def _add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="daemon settings (default: /etc/activator/activator.toml if it exists)",
+    )
+    parser.add_argument(
+        "--units",
+        metavar="DIR",
+        action="append",
+        default=[],
+        help="units directory, overriding [units] directories (repeatable)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check":
+            return _check(args, sys.stdout, sys.stderr)
+    except KeyboardInterrupt:
+        return 130
+    return 2  # pragma: no cover - argparse rejects unknown commands first
+
+
+# ---------------------------------------------------------------------------------------------
+# check
+
+
+@attrs.frozen
+class _Selection:
+    """What ``check PATH...`` asked for: directories to load, and units to show from them."""
+
+    directories: tuple[str, ...]
+    units: tuple[str, ...]  # named on the command line
+    show_all: bool  # a directory (or nothing) was named: show every unit of the directories
+    problems: tuple[Problem, ...]
+
+
+def _select(paths: Sequence[str], settings: Settings) -> _Selection:
+    if not paths:
+        return _Selection(tuple(settings.units.directories), (), True, ())
+    directories: list[str] = []
+    units: list[str] = []
+    problems: list[Problem] = []
+    for path in paths:
+        if os.path.isdir(path):
+            directories.append(path)
+            continue
+        parent, base = os.path.split(path)
+        try:
+            name = parse_unit_name(base)
+        except ValueError as e:
+            reason = str(e) if os.path.exists(path) else "No such file or directory"
+            problems.append(Problem(path, None, None, None, reason))
+            continue
+        template_exists = name.is_instance and os.path.exists(
+            os.path.join(parent or ".", name.template.name)
+        )
+        if not os.path.exists(path) and not template_exists:
+            problems.append(Problem(path, None, None, None, "No such file or directory"))
+            continue
+        directories.append(parent or ".")
+        units.append(name.name)
+    show_all = len(units) < len(directories)
+    return _Selection(tuple(directories), tuple(units), show_all, tuple(problems))
+
+
+def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    problems: list[Problem] = []
+    try:
+        settings = load_settings(args.config, units_override=args.units, on_warning=problems.append)
+    except ConfigError as e:
+        problems.extend(e.problems)
+        settings = Settings()
+    selection = _select(args.paths, settings)
+    problems.extend(selection.problems)
+    catalog = load_catalog(selection.directories)
+    problems.extend(catalog.problems)
+    shown: list[Loaded] = []
+    names = list(selection.units)
+    if selection.show_all:
+        names += sorted([*catalog.units, *catalog.templates], key=_unit_sort_key)
+    for text in dict.fromkeys(names):
+        name = parse_unit_name(text)
+        if text in catalog.failed or (name.is_instance and name.template.name in catalog.failed):
+            continue
+        if text in catalog.units:
+            shown.append(catalog.units[text])
+        elif text in catalog.templates:
+            shown.append(catalog.templates[text])
+        else:
+            try:
+                shown.append(catalog.instantiate(name))
+            except ConfigError as e:
+                problems.extend(e.problems)
+    errors = [p for p in problems if p.is_error]
+    warnings = [p for p in problems if not p.is_error]
+    if args.json:
+        doc = {
+            "ok": not errors,
+            "directories": list(selection.directories),
+            "units": [_describe_json(x, catalog) for x in shown],
+            "problems": [_problem_json(p) for p in problems],
+        }
+        json.dump(doc, out, indent=2)
+        out.write("\n")
+    else:
+        for p in problems:
+            print(f"activator: {'' if p.is_error else 'warning: '}{p}", file=err)
+        out.writelines(_describe(loaded, catalog) for loaded in shown)
+        summary = (
+            f"{len(shown)} unit{'s' * (len(shown) != 1)} checked, "
+            f"{len(errors)} error{'s' * (len(errors) != 1)}, "
+            f"{len(warnings)} warning{'s' * (len(warnings) != 1)}"
+        )
+        print(summary, file=out)
+    return 2 if errors else 0
+
+
+def _unit_sort_key(name: str) -> tuple[str, int, str]:
+    n = parse_unit_name(name)
+    return (n.prefix, 0 if n.suffix == "socket" else 1, name)
+
+
+def _problem_json(p: Problem) -> dict[str, Any]:
+    return {
+        "severity": p.severity.value,
+        "path": p.path,
+        "line": p.line,
+        "key": p.key,
+        "value": p.value,
+        "reason": p.reason,
+        "message": str(p),
+    }
+
+
+def _listen_text(socket: SocketUnit) -> list[str]:
+    return [f"{x.kind.value}={values.render_listen(x.address)}" for x in socket.listen]
+
+
+def _describe_json(loaded: Loaded, catalog: Catalog) -> dict[str, Any]:
+    unit = loaded.unit
+    doc: dict[str, Any] = {
+        "name": _shown_name(unit.name),
+        "files": [loaded.files.fragment, *loaded.files.dropins],
+        "description": unit.description,
+    }
+    if isinstance(unit, SocketUnit):
+        doc |= {
+            "type": "socket",
+            "listen": _listen_text(unit),
+            "accept": unit.accept,
+            "activates": unit.activates.name,
+            "max_connections": unit.max_connections,
+        }
+    else:
+        doc |= {
+            "type": "service",
+            "template": unit.name.instance == _sample(unit.name, catalog),
+            "exec_start": [
+                {"path": c.path, "argv": list(c.argv), "ignore_failure": c.ignore_failure}
+                for c in unit.exec_start
+            ],
+            "dynamic_user": unit.dynamic_user,
+            "user": unit.user,
+            "sandbox": _sandbox_words(unit),
+            "environment": dict(unit.directory_environment),
+        }
+    return doc
+
+
+def _sample(name: UnitName, catalog: Catalog) -> str | None:
+    """The sample instance name, when ``name`` is a template checked through one."""
+    if name.instance is None:
+        return None
+    loaded = catalog.templates.get(name.template.name)
+    return name.instance if loaded is not None and loaded.unit.name == name else None
+
+
+def _shown_name(name: UnitName) -> str:
+    return name.name
+
+
+def _sandbox_words(unit: ServiceUnit) -> list[str]:
+    words = [
+        f"ProtectSystem={unit.protect_system.value}",
+        f"ProtectHome={unit.protect_home.value}",
+    ]
+    for flag, key in (
+        (unit.private_tmp, "PrivateTmp"),
+        (unit.private_devices, "PrivateDevices"),
+        (unit.private_network, "PrivateNetwork"),
+        (unit.remove_ipc, "RemoveIPC"),
+        (unit.no_new_privileges, "NoNewPrivileges"),
+        (unit.restrict_suid_sgid, "RestrictSUIDSGID"),
+    ):
+        if flag:
+            words.append(f"{key}=yes")
+    return words
+
+
+def _describe(loaded: Loaded, catalog: Catalog) -> str:
+    unit = loaded.unit
+    lines: list[str] = []
+    if isinstance(unit, SocketUnit):
+        lines.append(f"{unit.name.name}: socket")
+        lines += [f"  listens on {x}" for x in _listen_text(unit)]
+        if unit.accept:
+            lines.append(
+                f"  Accept=yes: each connection starts an instance of {unit.activates.name} "
+                f"(at most {unit.max_connections} at once)"
+            )
+        else:
+            lines.append(
+                f"  the first connection starts {unit.activates.name}, which gets the sockets"
+            )
+    else:
+        sample = _sample(unit.name, catalog)
+        if sample is not None:
+            lines.append(
+                f"{unit.name.template.name}: service template (checked as {unit.name.name})"
+            )
+        else:
+            lines.append(f"{unit.name.name}: service")
+        if unit.description:
+            lines.append(f"  {unit.description}")
+        for cmd in unit.exec_start:
+            argv = " ".join(values.quote_word(a) for a in cmd.argv)
+            extra = " (exit status ignored)" if cmd.ignore_failure else ""
+            shown_path = f" [{cmd.path}]" if cmd.argv[:1] != (cmd.path,) else ""
+            lines.append(f"  runs {argv}{shown_path}{extra}")
+        if unit.dynamic_user:
+            who = f"dynamic user {unit.user!r}" if unit.user else "a fresh dynamic user"
+        elif unit.user:
+            who = f"user {unit.user!r}"
+        else:
+            who = "root (no User= and no DynamicUser=)"
+        lines.append(f"  as {who}")
+        lines.append(f"  sandbox: {' '.join(_sandbox_words(unit))}")
+        lines += [f"  {k}={val}" for k, val in unit.directory_environment.items()]
+    files = [loaded.files.fragment, *loaded.files.dropins]
+    lines.append(f"  from {', '.join(files)}")
+    return "\n".join(lines) + "\n"
