@@ -1,3 +1,3 @@
-"""activator: a socket-activation super-server that runs every connection as a fresh dynamic user."""
+"""activator: a socket-activation super-server; every connection runs as a fresh dynamic user."""
 
 __version__ = "0.1.0.dev0"

@@ -1,7 +1,7 @@
 """The exceptions and diagnostics of activator.
 
-Rule 1: every problem a user can cause with a file carries the file, the line, the key and the value at
-fault, and reads the way systemd and compilers print it: ``path:line: Key='value': reason``.
+Rule 1: every problem a user can cause with a file carries the file, the line, the key and the
+value at fault, and reads as systemd and compilers print it: ``path:line: Key='value': reason``.
 
 Rule 2: the library raises or collects these; only ``cli.main`` turns them into exit codes.
 
@@ -61,7 +61,7 @@ class Problem:
 
 @attrs.define(eq=False, init=False)
 class ConfigError(ActivatorError):
-    """One or more error problems in units or settings; ``problems`` holds them all, in file order."""
+    """Errors in units or settings; ``problems`` holds every one of them, in file order."""
 
     problems: tuple[Problem, ...]
 

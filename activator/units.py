@@ -1,7 +1,7 @@
 """systemd unit syntax: names, lines, drop-ins and specifiers, with line numbers.
 
-Rule 1: this module is pure. It takes file *contents* and directory *listings* as arguments and never
-opens, lists or stats anything itself; ``loader`` does the reading. That keeps every rule here
+Rule 1: this module is pure. It takes file *contents* and directory *listings* as arguments and
+never opens, lists or stats anything itself; ``loader`` does the reading. That keeps every rule here
 testable with hypothesis and makes "what files make up this unit, in which order" a plain function.
 
 Rule 2: nothing a user wrote is lost without a word. Every line that is not understood becomes a
@@ -38,6 +38,9 @@ KNOWN_SECTIONS: Mapping[str, frozenset[str]] = {
     "socket": frozenset({"Unit", "Socket", "Install"}),
 }
 
+#: systemd's WHITESPACE: only these are trimmed around keys and values (not Unicode spaces).
+WHITESPACE = " \t\n\r"
+
 #: systemd's UNIT_NAME_MAX is 256 including the NUL.
 UNIT_NAME_MAX = 255
 
@@ -52,8 +55,8 @@ _VALID_NAME_CHARS = re.compile(r"[0-9A-Za-z:\-_.\\]+")
 class UnitName:
     """A unit name split into its parts.
 
-    ``foo.service`` has instance None; the template ``foo@.service`` has instance ``""``; the instance
-    ``foo@bar.service`` has instance ``"bar"``.
+    ``foo.service`` has instance None; the template ``foo@.service`` has instance ``""``; the
+    instance ``foo@bar.service`` has instance ``"bar"``.
     """
 
     prefix: str
@@ -139,7 +142,7 @@ def escape_unit_name_part(text: str) -> str:
 
 
 def unescape_unit_name_part(text: str) -> str:
-    """systemd's ``unit_name_unescape``, used by ``%I`` and ``%P``: ``-`` is ``/``, ``\\xNN`` a byte."""
+    """systemd's ``unit_name_unescape`` (``%I``, ``%P``): ``-`` is ``/``, ``\\xNN`` a byte."""
     out = bytearray()
     i = 0
     while i < len(text):
@@ -147,8 +150,10 @@ def unescape_unit_name_part(text: str) -> str:
         if ch == "-":
             out += b"/"
             i += 1
-        elif ch == "\\" and text[i + 1 : i + 2] == "x" and re.fullmatch(
-            r"[0-9a-fA-F]{2}", text[i + 2 : i + 4]
+        elif (
+            ch == "\\"
+            and text[i + 1 : i + 2] == "x"
+            and re.fullmatch(r"[0-9a-fA-F]{2}", text[i + 2 : i + 4])
         ):
             out.append(int(text[i + 2 : i + 4], 16))
             i += 4
@@ -188,7 +193,7 @@ def _problem(path: str, line: int | None, reason: str, *, warning: bool = False)
 
 
 def decode_unit_bytes(data: bytes, path: str) -> tuple[str | None, Problem | None]:
-    """Decode a unit file as UTF-8; a file that is not is refused whole, naming the first bad line."""
+    """Decode a unit file as UTF-8; a file that is not is refused whole, naming the bad line."""
     if b"\0" in data:
         line = data[: data.index(b"\0")].count(b"\n") + 1
         return None, _problem(path, line, "file contains a NUL byte")
@@ -223,7 +228,7 @@ def parse_unit_text(text: str, path: str, *, unit_type: str) -> UnitText:
         lines.pop()
     for number, raw in enumerate(lines, start=1):
         raw = raw.removesuffix("\r")
-        stripped = raw.strip()
+        stripped = raw.strip(WHITESPACE)
         if pending and stripped[:1] in ("#", ";"):
             # systemd.syntax(7): comment lines inside a continuation are skipped.
             continue
@@ -238,7 +243,7 @@ def parse_unit_text(text: str, path: str, *, unit_type: str) -> UnitText:
             continue
         pending.append(raw)
         # systemd joins a continued line with a space in place of the backslash.
-        logical = " ".join(pending).strip()
+        logical = " ".join(pending).strip(WHITESPACE)
         pending.clear()
         start = pending_start
         if len(logical) > LONG_LINE_MAX:
@@ -258,7 +263,9 @@ def parse_unit_text(text: str, path: str, *, unit_type: str) -> UnitText:
                 if not section.startswith("X-"):
                     # systemd: "Unknown section '%s'. Ignoring."
                     problems.append(
-                        _problem(path, start, f"Unknown section '{section}'. Ignoring.", warning=True)
+                        _problem(
+                            path, start, f"Unknown section '{section}'. Ignoring.", warning=True
+                        )
                     )
             continue
         if ignoring_section:
@@ -267,14 +274,14 @@ def parse_unit_text(text: str, path: str, *, unit_type: str) -> UnitText:
             problems.append(_problem(path, start, "assignment outside of any section"))
             continue
         key, eq, value = logical.partition("=")
-        key = key.strip()
+        key = key.strip(WHITESPACE)
         if not eq:
             problems.append(_problem(path, start, f"missing '=' in {logical!r}"))
             continue
         if not key:
             problems.append(_problem(path, start, f"missing key name in {logical!r}"))
             continue
-        assignments.append(Assignment(section, key, value.strip(), path, start))
+        assignments.append(Assignment(section, key, value.strip(WHITESPACE), path, start))
     if pending:
         # A backslash on the last line: systemd takes what it has; so do we, but say so.
         problems.append(_problem(path, pending_start, "file ends inside a continued line"))
@@ -361,7 +368,12 @@ def resolve_unit_files(name: UnitName, directories: Sequence[UnitDirectory]) -> 
 # Specifiers
 
 #: The fixed directories of the system manager, as systemd resolves them for system units.
-SYSTEM_DIRECTORIES: Mapping[str, str] = {"t": "/run", "S": "/var/lib", "C": "/var/cache", "L": "/var/log"}
+SYSTEM_DIRECTORIES: Mapping[str, str] = {
+    "t": "/run",
+    "S": "/var/lib",
+    "C": "/var/cache",
+    "L": "/var/log",
+}
 
 #: Every specifier activator resolves, for messages and docs.
 KNOWN_SPECIFIERS = "%i %I %n %N %p %P %t %S %C %L %%"
