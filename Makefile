@@ -1,0 +1,56 @@
+# The commands behind the README. Everything installs itself: Debian packages with apt-get (run as
+# root), Python packages into .venv. `make run` and `make test` are the two set-up commands.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Debian packages: python3-venv for the virtual environment on a stock Debian 12.
+DEB_RUN := python3 python3-venv
+DEB_TEST := $(DEB_RUN)
+
+.PHONY: run test lint typecheck unit check deb-run deb-test clean
+
+# Install, then run the main job on the bundled example units. Until `activator serve` lands this
+# is `activator check`: it loads every unit and the settings, and prints what would run.
+run: $(BIN)/activator
+	$(BIN)/activator check --config examples/activator.toml
+
+# Install everything the tests need, then lint, type-check and run the whole test suite.
+test: deb-test $(BIN)/.test-installed lint typecheck
+	$(BIN)/pytest
+
+lint: $(BIN)/.test-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(BIN)/.test-installed
+	$(BIN)/mypy
+
+# Debian packages, installed only when missing (apt-get update first, as a fresh machine needs).
+deb-run:
+	@missing=$$(for p in $(DEB_RUN); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+deb-test:
+	@missing=$$(for p in $(DEB_TEST); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+$(VENV)/bin/python:
+	$(MAKE) deb-run
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(BIN)/activator: $(VENV)/bin/python pyproject.toml
+	$(BIN)/pip install --quiet -e .
+	@touch $@
+
+$(BIN)/.test-installed: $(VENV)/bin/python pyproject.toml
+	$(BIN)/pip install --quiet -e '.[test]'
+	@touch $@
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist
