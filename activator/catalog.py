@@ -28,6 +28,7 @@ from activator.units import (
     UnitName,
     UnitText,
     decode_unit_bytes,
+    is_masked,
     parse_unit_name,
     parse_unit_text,
     resolve_unit_files,
@@ -57,6 +58,7 @@ class Catalog:
         templates: templates (``foo@.service``), each as built for ``SAMPLE_INSTANCE``.
         problems: every error and warning, in path and line order.
         failed: names of units left out because of errors.
+        masked: names of units masked (a symlink to /dev/null hides them).
     """
 
     directories: tuple[UnitDirectory, ...]
@@ -65,6 +67,7 @@ class Catalog:
     templates: Mapping[str, Loaded]
     problems: tuple[Problem, ...]
     failed: frozenset[str]
+    masked: frozenset[str] = frozenset()
 
     @property
     def sockets(self) -> list[SocketUnit]:
@@ -89,6 +92,9 @@ class Catalog:
             raise ConfigError(Problem(name.name, None, None, None, msg))
         if name.name in self.units:
             return self.units[name.name]
+        if is_masked(name, self.directories):
+            msg = "unit is masked (a symlink to /dev/null)"
+            raise ConfigError(Problem(name.name, None, None, None, msg))
         template = name.template.name
         if template not in self.templates:
             why = "has errors" if template in self.failed else "is not in the units directories"
@@ -137,12 +143,16 @@ def build_catalog(directories: Sequence[UnitDirectory], contents: Mapping[str, b
     templates: dict[str, Loaded] = {}
     problems: list[Problem] = []
     failed: set[str] = set()
+    masked: set[str] = set()
     for text_name in names:
         try:
             name = parse_unit_name(text_name)
         except ValueError as e:
             path = next(f"{d.path}/{text_name}" for d in directories if text_name in d.files)
             problems.append(Problem(path, None, None, None, str(e), Severity.WARNING))
+            continue
+        if is_masked(name, directories):
+            masked.add(text_name)
             continue
         try:
             if name.is_template:
@@ -169,6 +179,7 @@ def build_catalog(directories: Sequence[UnitDirectory], contents: Mapping[str, b
         templates=templates,
         problems=tuple(problems),
         failed=frozenset(failed),
+        masked=frozenset(masked),
     )
 
 

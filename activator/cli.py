@@ -158,6 +158,7 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             "ok": not errors,
             "directories": list(selection.directories),
             "units": [_describe_json(x, catalog) for x in shown],
+            "masked": sorted(catalog.masked) if selection.show_all else [],
             "problems": [_problem_json(p) for p in problems],
         }
         json.dump(doc, out, indent=2)
@@ -166,6 +167,11 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         for p in problems:
             print(f"activator: {'' if p.is_error else 'warning: '}{p}", file=err)
         out.writelines(_describe(loaded, catalog) for loaded in shown)
+        if selection.show_all:
+            out.writelines(
+                f"{name}: masked (a symlink to /dev/null hides it)\n"
+                for name in sorted(catalog.masked)
+            )
         summary = (
             f"{len(shown)} unit{'s' * (len(shown) != 1)} checked, "
             f"{len(errors)} error{'s' * (len(errors) != 1)}, "

@@ -35,23 +35,30 @@ def scan_directory(path: str) -> UnitDirectory:
         OSError: when the directory cannot be listed.
     """
     files: set[str] = set()
+    masked: set[str] = set()
     dropins: dict[str, frozenset[str]] = {}
     with os.scandir(path) as it:
         for entry in it:
             if entry.name.endswith(".d") and entry.is_dir():
-                try:
-                    with os.scandir(entry.path) as inner:
-                        confs = {
-                            e.name
-                            for e in inner
-                            if e.name.endswith(".conf") and e.is_file() and not _masked(e.path)
-                        }
-                except OSError:
-                    confs = set()
+                confs = set()
+                with os.scandir(entry.path) as inner:
+                    for e in inner:
+                        if not e.name.endswith(".conf"):
+                            continue
+                        if _masked(e.path):
+                            masked.add(f"{entry.name}/{e.name}")
+                            confs.add(e.name)
+                        elif e.is_file():
+                            confs.add(e.name)
                 dropins[entry.name] = frozenset(confs)
-            elif _is_unit_file(entry.name) and entry.is_file() and not _masked(entry.path):
-                files.add(entry.name)
-    return UnitDirectory(path=path, files=frozenset(files), dropins=dropins)
+            elif _is_unit_file(entry.name):
+                if _masked(entry.path):
+                    masked.add(entry.name)
+                elif entry.is_file():
+                    files.add(entry.name)
+    return UnitDirectory(
+        path=path, files=frozenset(files), dropins=dropins, masked=frozenset(masked)
+    )
 
 
 def _masked(path: str) -> bool:

@@ -300,11 +300,14 @@ class UnitDirectory:
         path: the directory.
         files: names of the unit files in it (``foo.service``, ``bar@.socket``).
         dropins: for each ``NAME.d`` directory in it, the ``*.conf`` names inside.
+        masked: unit files and drop-ins (``NAME.d/x.conf``) that are symlinks to /dev/null:
+            systemd's masking, which hides that name in every later directory too.
     """
 
     path: str
     files: frozenset[str]
     dropins: Mapping[str, frozenset[str]] = attrs.field(factory=dict)
+    masked: frozenset[str] = frozenset()
 
 
 @attrs.frozen
@@ -341,7 +344,7 @@ def resolve_unit_files(name: UnitName, directories: Sequence[UnitDirectory]) -> 
     sorted by file name.
 
     Returns:
-        None when no directory holds a fragment for the unit.
+        None when no directory holds a fragment for the unit, or the unit is masked.
     """
     candidates = [name.name]
     if name.is_instance:
@@ -349,6 +352,8 @@ def resolve_unit_files(name: UnitName, directories: Sequence[UnitDirectory]) -> 
     fragment = None
     for candidate in candidates:
         for directory in directories:
+            if candidate in directory.masked:
+                return None
             if candidate in directory.files:
                 fragment = f"{directory.path}/{candidate}"
                 break
@@ -356,12 +361,26 @@ def resolve_unit_files(name: UnitName, directories: Sequence[UnitDirectory]) -> 
             break
     if fragment is None:
         return None
-    chosen: dict[str, str] = {}
+    chosen: dict[str, str | None] = {}  # None: masked by a /dev/null symlink of that name
     for directory in directories:
         for dname in reversed(_dropin_names(name)):
             for conf in directory.dropins.get(dname, frozenset()):
-                chosen.setdefault(conf, f"{directory.path}/{dname}/{conf}")
-    return UnitFiles(fragment=fragment, dropins=tuple(chosen[c] for c in sorted(chosen)))
+                masked = f"{dname}/{conf}" in directory.masked
+                chosen.setdefault(conf, None if masked else f"{directory.path}/{dname}/{conf}")
+    dropins = tuple(path for _, path in sorted(chosen.items()) if path is not None)
+    return UnitFiles(fragment=fragment, dropins=dropins)
+
+
+def is_masked(name: UnitName, directories: Sequence[UnitDirectory]) -> bool:
+    """Whether ``name`` (or, for an instance, its template) is masked where it is first found."""
+    candidates = [name.name, *([name.template.name] if name.is_instance else [])]
+    for candidate in candidates:
+        for directory in directories:
+            if candidate in directory.masked:
+                return True
+            if candidate in directory.files:
+                break
+    return False
 
 
 # ---------------------------------------------------------------------------------------------

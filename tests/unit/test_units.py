@@ -13,6 +13,7 @@ from activator.units import (
     decode_unit_bytes,
     escape_unit_name_part,
     expand_specifiers,
+    is_masked,
     parse_unit_name,
     parse_unit_text,
     resolve_unit_files,
@@ -246,3 +247,25 @@ def test_template_itself_does_not_read_instance_dropins() -> None:
     files = resolve_unit_files(parse_unit_name("t@.service"), [etc])
     assert files is not None
     assert files.dropins == ("/etc/u/t@.service.d/a.conf",)
+
+
+def test_masking_hides_a_unit_and_a_dropin_in_every_later_directory() -> None:
+    etc = UnitDirectory(
+        "/etc/u",
+        frozenset({"a.service"}),
+        {"a.service.d": frozenset({"x.conf"})},
+        masked=frozenset({"b.service", "a.service.d/x.conf", "t@.service"}),
+    )
+    lib = UnitDirectory(
+        "/lib/u",
+        frozenset({"b.service", "t@.service"}),
+        {"a.service.d": frozenset({"x.conf", "y.conf"})},
+    )
+    files = resolve_unit_files(parse_unit_name("a.service"), [etc, lib])
+    assert files is not None
+    assert files.dropins == ("/lib/u/a.service.d/y.conf",)
+    assert resolve_unit_files(parse_unit_name("b.service"), [etc, lib]) is None
+    assert is_masked(parse_unit_name("t@i.service"), [etc, lib])
+    assert not is_masked(parse_unit_name("a.service"), [etc, lib])
+    # Behind the unit file it would mask, a mask has no effect.
+    assert not is_masked(parse_unit_name("b.service"), [lib, etc])
