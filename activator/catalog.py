@@ -164,13 +164,15 @@ def build_catalog(directories: Sequence[UnitDirectory], contents: Mapping[str, b
         except ConfigError as e:
             problems.extend(e.problems)
             failed.add(name.name)
-    for name_text, loaded in list(units.items()):
-        if isinstance(loaded.unit, SocketUnit):
-            problem = _pairing_problem(loaded, units, templates, failed)
-            if problem is not None:
-                problems.append(problem)
-                failed.add(name_text)
-                del units[name_text]
+    # Services first, so a socket never counts a service as there that is left out itself.
+    for table in (units, templates):
+        for name_text, loaded in list(table.items()):
+            if isinstance(loaded.unit, SocketUnit):
+                problem = _pairing_problem(loaded, units, templates, failed)
+                if problem is not None:
+                    problems.append(problem)
+                    failed.add(name_text)
+                    del table[name_text]
     problems.sort(key=lambda p: (p.path, p.line or 0))
     return Catalog(
         directories=tuple(directories),

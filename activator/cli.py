@@ -23,7 +23,7 @@ from activator import __version__, values
 from activator.catalog import Catalog, Loaded
 from activator.errors import ConfigError, Problem
 from activator.loader import load_catalog
-from activator.model import ServiceUnit, SocketUnit
+from activator.model import Listen, ServiceUnit, SocketUnit
 from activator.settings import Settings, load_settings
 from activator.units import UnitName, parse_unit_name
 
@@ -202,6 +202,25 @@ def _listen_text(socket: SocketUnit) -> list[str]:
     return [f"{x.kind.value}={values.render_listen(x.address)}" for x in socket.listen]
 
 
+def _listen_meaning(listen: Listen, socket: SocketUnit) -> str:
+    address = listen.address
+    if isinstance(address, values.InetListen):
+        proto = "UDP" if listen.kind is values.SocketKind.DATAGRAM else "TCP"
+        if address.host is None:
+            both = socket.bind_ipv6_only is not values.BindIPv6Only.IPV6_ONLY
+            return f"{proto} port {address.port} on all addresses ({'IPv4 and ' * both}IPv6)"
+        host = address.host if address.family == 4 else f"[{address.host}]"
+        return f"{proto} {host}:{address.port}"
+    kind = {
+        values.SocketKind.STREAM: "stream",
+        values.SocketKind.DATAGRAM: "datagram",
+        values.SocketKind.SEQPACKET: "seqpacket",
+    }[listen.kind]
+    if isinstance(address, values.UnixListen):
+        return f"Unix {kind} socket {address.path}"
+    return f"abstract Unix {kind} socket @{address.name}"
+
+
 def _describe_json(loaded: Loaded, catalog: Catalog) -> dict[str, Any]:
     unit = loaded.unit
     doc: dict[str, Any] = {
@@ -268,7 +287,10 @@ def _describe(loaded: Loaded, catalog: Catalog) -> str:
     lines: list[str] = []
     if isinstance(unit, SocketUnit):
         lines.append(f"{unit.name.name}: socket")
-        lines += [f"  listens on {x}" for x in _listen_text(unit)]
+        lines += [
+            f"  listens on {text}: {_listen_meaning(x, unit)}"
+            for text, x in zip(_listen_text(unit), unit.listen, strict=True)
+        ]
         if unit.accept:
             lines.append(
                 f"  Accept=yes: each connection starts an instance of {unit.activates.name} "
@@ -294,7 +316,8 @@ def _describe(loaded: Loaded, catalog: Catalog) -> str:
             shown_path = f" [{cmd.path}]" if cmd.argv[:1] != (cmd.path,) else ""
             lines.append(f"  runs {argv}{shown_path}{extra}")
         if unit.dynamic_user:
-            who = f"dynamic user {unit.user!r}" if unit.user else "a fresh dynamic user"
+            named = f" {unit.user!r}" if unit.user else ""
+            who = f"a dynamic user{named}, allocated when it starts and released when it ends"
         elif unit.user:
             who = f"user {unit.user!r}"
         else:

@@ -191,3 +191,19 @@ def test_installed_command_runs_as_a_program() -> None:
         )
         assert (result.returncode, result.stderr) == (0, "")
         assert result.stdout.endswith("1 unit checked, 0 errors, 0 warnings\n")
+
+
+def test_template_socket_needs_its_template_service(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(tmp_path / "cust@.socket", "[Socket]\nListenStream=/run/cust/%i.sock\n")
+    code, _, err = run(capsys, "check", str(tmp_path))
+    assert code == 2
+    assert err == (
+        f"activator: {tmp_path}/cust@.socket: it activates cust@instance.service, which is not "
+        "in the units directories; socket not loaded\n"
+    )
+    write(tmp_path / "cust@.service", "[Service]\nExecStart=/bin/cust %i\nDynamicUser=yes\n")
+    code, out, err = run(capsys, "check", str(tmp_path / "cust@acme.socket"))
+    assert (code, err) == (0, "")
+    assert out.startswith("cust@acme.socket: socket\n  listens on ListenStream=/run/cust/acme.sock")
