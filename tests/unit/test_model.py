@@ -304,3 +304,43 @@ def test_random_bytes_give_a_unit_or_config_error_and_nothing_else(data: bytes, 
     assert all(isinstance(p, Problem) for p in catalog.problems)
     assert all(p.path.startswith("/u/") for p in catalog.problems)
     assert (name in catalog.units or name in catalog.templates) != (name in catalog.failed)
+
+
+@st.composite
+def mutated_units(draw: st.DrawFn) -> tuple[str, str]:
+    """A rendered valid unit with random edits: lines dropped, duplicated, cut or replaced."""
+    if draw(st.booleans()):
+        unit_text, name = render_service(draw(services())), "m@x.service"
+    else:
+        unit_text, name = render_socket(draw(sockets())), "m@x.socket"
+    lines = unit_text.split("\n")
+    for _ in range(draw(st.integers(1, 4))):
+        i = draw(st.integers(0, len(lines) - 1))
+        action = draw(st.sampled_from(["drop", "dup", "cut", "replace", "insert"]))
+        if action == "drop":
+            del lines[i]
+        elif action == "dup":
+            lines.insert(i, lines[i])
+        elif action == "cut":
+            lines[i] = lines[i][: draw(st.integers(0, len(lines[i])))]
+        elif action == "replace":
+            key = lines[i].partition("=")[0]
+            lines[i] = f"{key}={draw(st.text(max_size=20))}"
+        else:
+            lines.insert(i, draw(st.text(max_size=30)))
+        if not lines:
+            lines = [""]
+    return "\n".join(lines), name
+
+
+@given(mutated_units())
+def test_mutated_units_build_or_fail_with_config_errors_only(case: tuple[str, str]) -> None:
+    text, name = case
+    unit_name = parse_unit_name(name)
+    build = build_service if unit_name.suffix == "service" else build_socket
+    try:
+        build(unit_name, [parse_unit_text(text, name, unit_type=unit_name.suffix)])
+    except ConfigError as e:
+        for problem in e.problems:
+            assert problem.path == name
+            assert problem.reason
