@@ -1,0 +1,243 @@
+"""Building a model from a unit's assignments: apply the table, then the cross-field rules.
+
+Rule 1: every problem is collected, none stops the reading: the caller gets them all at once.
+Rule 2: the rules that tie fields together (DynamicUser= implications, systemd's stdio fix-up,
+the Accept= dependent defaults) run after all assignments, in ``_finish_*``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from activator import values as v
+from activator.errors import ConfigError, Problem, Severity
+from activator.model._directives import (
+    SERVICE_DIRECTIVES,
+    SOCKET_DIRECTIVES,
+    UNSUPPORTED_SECURITY,
+    Directive,
+)
+from activator.model._render import render_scalar
+from activator.model._units import ExecCommand, Listen, ServiceUnit, SocketUnit
+from activator.units import Assignment, UnitName, UnitText
+
+# ---------------------------------------------------------------------------------------------
+# Building
+
+
+@attrs.define
+class _Builder:
+    name: UnitName
+    texts: Sequence[UnitText]
+    directives: Mapping[tuple[str, str], Directive]
+    problems: list[Problem] = attrs.field(factory=list)
+    values: dict[str, Any] = attrs.field(factory=dict)
+    #: Where each field was last set, for cross-field messages.
+    origin: dict[str, Assignment] = attrs.field(factory=dict)
+    lists: dict[str, list[Any]] = attrs.field(factory=dict)
+    #: For list fields, the assignment of each item, for messages about the n-th item.
+    list_origin: dict[str, list[Assignment]] = attrs.field(factory=dict)
+
+    def error(self, a: Assignment | None, reason: str, *, warning: bool = False) -> None:
+        severity = Severity.WARNING if warning else Severity.ERROR
+        if a is None:
+            path = self.texts[0].path if self.texts else self.name.name
+            self.problems.append(Problem(path, None, None, None, reason, severity))
+        else:
+            self.problems.append(Problem(a.path, a.line, a.key, a.value, reason, severity))
+
+    def apply(self) -> None:
+        for text in self.texts:
+            self.problems.extend(text.problems)
+            for a in text.assignments:
+                self.assign(a)
+
+    def assign(self, a: Assignment) -> None:
+        d = self.directives.get((a.section, a.key))
+        if d is None:
+            self.unknown(a)
+            return
+        if d.is_list and a.value == "":
+            self.lists[d.field] = []
+            self.list_origin[d.field] = []
+            self.origin[d.field] = a
+            return
+        if not d.is_list and a.value == "":
+            # An empty scalar assignment resets the setting to its default, as in systemd.
+            self.values.pop(d.field, None)
+            self.origin.pop(d.field, None)
+            return
+        try:
+            value = d.parse(a.value, self.name)
+        except ValueError as e:
+            self.error(a, str(e))
+            return
+        self.origin[d.field] = a
+        if d.is_list:
+            self.lists.setdefault(d.field, []).extend(value)
+            self.list_origin.setdefault(d.field, []).extend([a] * len(value))
+        else:
+            self.values[d.field] = value
+
+    def unknown(self, a: Assignment) -> None:
+        if a.key.startswith("X-"):
+            return
+        if a.key in UNSUPPORTED_SECURITY:
+            self.error(
+                a,
+                f"{a.key}= is a sandboxing or identity directive activator does not implement; "
+                "refusing to run the unit with less isolation than it asks for",
+            )
+            return
+        # systemd: "Unknown key name '%s' in section '%s', ignoring."
+        self.problems.append(
+            Problem(
+                a.path,
+                a.line,
+                None,
+                None,
+                f"Unknown key name '{a.key}' in section '{a.section}', ignoring.",
+                Severity.WARNING,
+            )
+        )
+
+    def fields(self) -> dict[str, Any]:
+        out = dict(self.values)
+        out.update({k: tuple(items) for k, items in self.lists.items()})
+        return out
+
+
+def _check_errors(b: _Builder) -> list[Problem]:
+    errors = [p for p in b.problems if p.is_error]
+    if errors:
+        raise ConfigError(sorted(b.problems, key=_problem_order))
+    return sorted(b.problems, key=_problem_order)
+
+
+def _problem_order(p: Problem) -> tuple[str, float]:
+    # Problems of the whole unit (no line) come after those of its lines: they are often caused
+    # by them (a bad ExecStart= line, then "no ExecStart=").
+    return (p.path, math.inf if p.line is None else p.line)
+
+
+def build_service(name: UnitName, texts: Sequence[UnitText]) -> tuple[ServiceUnit, list[Problem]]:
+    """Build and validate a service from its files (fragment first, then drop-ins).
+
+    Args:
+        name: the unit; for an instance its own name (``foo@bar.service``), which ``%i`` is from.
+        texts: the parsed files, in the order they apply.
+
+    Returns:
+        The unit and the warnings about it.
+
+    Raises:
+        ConfigError: with every error (and warning) found, in file and line order.
+    """
+    b = _Builder(name, texts, SERVICE_DIRECTIVES)
+    b.apply()
+    fields = b.fields()
+    _finish_service(b, fields)
+    warnings = _check_errors(b)
+    return attrs.evolve(ServiceUnit(name=name), **fields), warnings
+
+
+def _finish_service(b: _Builder, f: dict[str, Any]) -> None:
+    exec_start: tuple[ExecCommand, ...] = f.get("exec_start", ())
+    service_type = f.get("type", v.ServiceType.SIMPLE)
+    if not exec_start:
+        b.error(None, "Service has no ExecStart= setting. Refusing.")
+    elif len(exec_start) > 1 and service_type is not v.ServiceType.ONESHOT:
+        second = b.list_origin["exec_start"][1]
+        b.error(
+            second,
+            "Service has more than one ExecStart= setting, which is only allowed for "
+            "Type=oneshot services. Refusing.",
+        )
+    # Later Environment= assignments of a variable override earlier ones (strv_env_merge).
+    if "environment" in f:
+        f["environment"] = tuple(dict(f["environment"]).items())
+    _fix_stdio(f)
+    if f.get("dynamic_user"):
+        user = f.get("user")
+        if user is not None and user.isdigit():
+            b.error(b.origin["user"], "DynamicUser=yes needs a user name, not a numeric UID")
+        _apply_dynamic_user(b, f)
+
+
+def _fix_stdio(f: dict[str, Any]) -> None:
+    """systemd's ``service_fix_stdio``: resolve ``inherit`` against the standard input.
+
+    A bidirectional input (a socket, a TTY) is shared by stdout and stderr; otherwise an inherited
+    stdout goes to the journal (activator's log) and stderr follows stdout.
+    """
+    stdin = f.get("standard_input", v.IOSpec("null"))
+    stdout = f.setdefault("standard_output", v.IOSpec("inherit"))
+    stderr = f.setdefault("standard_error", v.IOSpec("inherit"))
+    if stdin.kind in ("tty", "tty-force", "tty-fail", "socket"):
+        return
+    if stdout.kind == "inherit":
+        f["standard_output"] = v.IOSpec("journal")
+    del stderr  # stderr=inherit means "as stdout", which is now never "inherit" itself
+
+
+#: What DynamicUser=yes forces (systemd's ``unit_patch_contexts``): a UID that is released when
+#: the service stops must not leave files or IPC objects behind, nor gain privileges.
+DYNAMIC_USER_IMPLIES: Mapping[str, Any] = {
+    "private_tmp": True,
+    "remove_ipc": True,
+    "protect_system": v.ProtectSystem.STRICT,
+    "no_new_privileges": True,
+    "restrict_suid_sgid": True,
+}
+
+
+def _apply_dynamic_user(b: _Builder, f: dict[str, Any]) -> None:
+    for field, forced in DYNAMIC_USER_IMPLIES.items():
+        if field in f and f[field] != forced:
+            a = b.origin[field]
+            b.error(
+                a,
+                f"overridden: DynamicUser=yes implies {a.key}={render_scalar(forced)}",
+                warning=True,
+            )
+        f[field] = forced
+    if f.get("protect_home", v.ProtectHome.NO) is v.ProtectHome.NO:
+        f["protect_home"] = v.ProtectHome.READ_ONLY
+
+
+def build_socket(name: UnitName, texts: Sequence[UnitText]) -> tuple[SocketUnit, list[Problem]]:
+    """Build and validate a socket unit; see :func:`build_service` for the contract."""
+    b = _Builder(name, texts, SOCKET_DIRECTIVES)
+    b.apply()
+    fields = b.fields()
+    _finish_socket(b, fields)
+    warnings = _check_errors(b)
+    return attrs.evolve(SocketUnit(name=name), **fields), warnings
+
+
+def _finish_socket(b: _Builder, f: dict[str, Any]) -> None:
+    listen: tuple[Listen, ...] = f.get("listen", ())
+    accept = f.get("accept", False)
+    if not listen:
+        b.error(None, "Unit has no Listen setting (ListenStream=, ListenDatagram=, ...). Refusing.")
+    if accept:
+        for item, a in zip(listen, b.list_origin.get("listen", []), strict=True):
+            if item.kind is v.SocketKind.DATAGRAM:
+                b.error(
+                    a,
+                    "Unit configured for accepting sockets, but sockets are non-accepting "
+                    "(datagram). Refusing.",
+                )
+                break
+        if "service" in f:
+            b.error(b.origin["service"], "Service= is only allowed with Accept=no")
+    # systemd's defaults for the rate limits depend on Accept=.
+    f.setdefault("poll_limit_burst", 150 if accept else 15)
+    f.setdefault("trigger_limit_burst", 200 if accept else 20)
+    for field in ("ip_address_allow", "ip_address_deny"):
+        if field in f:
+            f[field] = tuple(dict.fromkeys(f[field]))
