@@ -4,9 +4,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Debian packages: python3-venv for the virtual environment on a stock Debian 12.
+# Debian packages: python3-venv for the virtual environment on a stock Debian 12; systemd for
+# systemd-analyze and systemd-escape, the oracle the value parsers are tested against.
 DEB_RUN := python3 python3-venv
-DEB_TEST := $(DEB_RUN)
+DEB_TEST := $(DEB_RUN) systemd
 
 .PHONY: run test lint typecheck unit check deb-run deb-test clean
 
