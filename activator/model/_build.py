@@ -8,8 +8,8 @@ the Accept= dependent defaults) run after all assignments, in ``_finish_*``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import attrs
 
@@ -124,6 +124,24 @@ def _problem_order(p: Problem) -> tuple[str, float]:
     return (p.path, math.inf if p.line is None else p.line)
 
 
+_U = TypeVar("_U", ServiceUnit, SocketUnit)
+
+
+def _build(
+    cls: type[_U],
+    directives: Mapping[tuple[str, str], Directive],
+    finish: Callable[[_Builder, dict[str, Any]], None],
+    name: UnitName,
+    texts: Sequence[UnitText],
+) -> tuple[_U, list[Problem]]:
+    b = _Builder(name, texts, directives)
+    b.apply()
+    fields = b.fields()
+    finish(b, fields)
+    warnings = _check_errors(b)
+    return attrs.evolve(cls(name=name), **fields), warnings
+
+
 def build_service(name: UnitName, texts: Sequence[UnitText]) -> tuple[ServiceUnit, list[Problem]]:
     """Build and validate a service from its files (fragment first, then drop-ins).
 
@@ -137,12 +155,7 @@ def build_service(name: UnitName, texts: Sequence[UnitText]) -> tuple[ServiceUni
     Raises:
         ConfigError: with every error (and warning) found, in file and line order.
     """
-    b = _Builder(name, texts, SERVICE_DIRECTIVES)
-    b.apply()
-    fields = b.fields()
-    _finish_service(b, fields)
-    warnings = _check_errors(b)
-    return attrs.evolve(ServiceUnit(name=name), **fields), warnings
+    return _build(ServiceUnit, SERVICE_DIRECTIVES, _finish_service, name, texts)
 
 
 def _finish_service(b: _Builder, f: dict[str, Any]) -> None:
@@ -211,12 +224,7 @@ def _apply_dynamic_user(b: _Builder, f: dict[str, Any]) -> None:
 
 def build_socket(name: UnitName, texts: Sequence[UnitText]) -> tuple[SocketUnit, list[Problem]]:
     """Build and validate a socket unit; see :func:`build_service` for the contract."""
-    b = _Builder(name, texts, SOCKET_DIRECTIVES)
-    b.apply()
-    fields = b.fields()
-    _finish_socket(b, fields)
-    warnings = _check_errors(b)
-    return attrs.evolve(SocketUnit(name=name), **fields), warnings
+    return _build(SocketUnit, SOCKET_DIRECTIVES, _finish_socket, name, texts)
 
 
 def _finish_socket(b: _Builder, f: dict[str, Any]) -> None:
