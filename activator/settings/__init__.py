@@ -116,6 +116,7 @@ def _parse_table(
     fields = attrs.fields_dict(cls)
     changes: dict[str, Any] = {}
     valid = True
+    failed: set[str] = set()  # keys whose value was refused: the model holds their default
     for key, value in raw.items():
         dotted = f"{name}.{key}"
         field = fields.get(key)
@@ -129,15 +130,19 @@ def _parse_table(
             for reason in invalid.reasons:
                 collect.add((name, key), dotted, _show(value), reason)
             valid = False
-    if not valid:
-        return None
+            failed.add(key)
     model = cls(**changes)  # every field has a default
+    # The table's cross-key check runs even when another key is wrong, so that every problem is
+    # reported at once; only findings about a refused key are dropped (they would judge its
+    # default, not what the file says).
     findings = [] if table.check is None else table.check(model)
     for finding in findings:
+        if failed & set(finding.near):
+            continue
         place = next(((name, k) for k in finding.near if (name, k) in collect.index), (name,))
         key = name if finding.key is None else f"{name}.{finding.key}"
         collect.add(place, key, finding.value, finding.reason, finding.severity)
-    return model
+    return model if valid else None
 
 
 def check_settings(text: str, path: str) -> tuple[Settings | None, tuple[Problem, ...]]:

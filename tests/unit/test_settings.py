@@ -861,3 +861,20 @@ def test_example_parses_to_the_defaults_but_for_units() -> None:
 def test_example_loads_with_units_beside_it() -> None:
     expected = attrs.evolve(Settings(), units=UnitsSettings((str(EXAMPLE.parent / "units"),)))
     assert load_settings(str(EXAMPLE)) == expected
+
+
+def test_range_problems_are_reported_beside_other_errors_of_the_table() -> None:
+    text = "[pool]\nfirst = 65000\nlast = 70000\nfrist = 1\non_exhausted = 3\n"
+    with pytest.raises(ConfigError) as e:
+        parse_settings(text, "a.toml")
+    assert [str(p) for p in e.value.problems] == [
+        "a.toml:3: pool='65000..70000': must not contain 65534 (nobody) or 65535 ((uint16_t)-1)",
+        "a.toml:4: pool.frist: unknown key (known: first, last, on_exhausted, wait_timeout_sec)",
+        "a.toml:5: pool.on_exhausted='3': must be a string (got int)",
+    ]
+
+
+def test_a_refused_bound_is_not_judged_by_its_default() -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_settings("[pool]\nfirst = 'x'\nlast = 70000\n", "a.toml")
+    assert [p.key for p in e.value.problems] == ["pool.first"]
