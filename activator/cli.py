@@ -223,8 +223,9 @@ def _listen_meaning(listen: Listen, socket: SocketUnit) -> str:
 
 def _describe_json(loaded: Loaded, catalog: Catalog) -> dict[str, Any]:
     unit = loaded.unit
+    sample = _sample(unit.name, catalog)
     doc: dict[str, Any] = {
-        "name": _shown_name(unit.name),
+        "name": unit.name.template.name if sample is not None else unit.name.name,
         "files": [loaded.files.fragment, *loaded.files.dropins],
         "description": unit.description,
     }
@@ -239,7 +240,8 @@ def _describe_json(loaded: Loaded, catalog: Catalog) -> dict[str, Any]:
     else:
         doc |= {
             "type": "service",
-            "template": unit.name.instance == _sample(unit.name, catalog),
+            "template": sample is not None,
+            "checked_as": unit.name.name if sample is not None else None,
             "exec_start": [
                 {"path": c.path, "argv": list(c.argv), "ignore_failure": c.ignore_failure}
                 for c in unit.exec_start
@@ -258,10 +260,6 @@ def _sample(name: UnitName, catalog: Catalog) -> str | None:
         return None
     loaded = catalog.templates.get(name.template.name)
     return name.instance if loaded is not None and loaded.unit.name == name else None
-
-
-def _shown_name(name: UnitName) -> str:
-    return name.name
 
 
 def _sandbox_words(unit: ServiceUnit) -> list[str]:

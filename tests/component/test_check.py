@@ -157,7 +157,18 @@ def test_json_output_for_scripts(tmp_path: Path, capsys: pytest.CaptureFixture[s
     }
     names = [u["name"] for u in doc["units"]]
     assert "dynamic-user-test.service" in names
-    waldo = next(u for u in doc["units"] if u["name"] == "waldo.socket")
+    by_name = {u["name"]: u for u in doc["units"]}
+    assert by_name["dynamic-user-test.service"]["template"] is False
+    assert by_name["waldo@.service"]["template"] is True
+    assert by_name["waldo@.service"]["checked_as"] == "waldo@instance.service"
+    assert by_name["waldo@.service"]["exec_start"] == [
+        {
+            "path": "/usr/bin/myservicebinary",
+            "argv": ["/usr/bin/myservicebinary"],
+            "ignore_failure": True,
+        }
+    ]
+    waldo = by_name["waldo.socket"]
     assert waldo["listen"] == ["ListenStream=2048"]
     assert waldo["activates"] == "waldo@.service"
 
