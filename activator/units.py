@@ -22,8 +22,9 @@ instance name can never add or remove a word of a command line.
 
 from __future__ import annotations
 
+import functools
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 
@@ -41,6 +42,10 @@ KNOWN_SECTIONS: Mapping[str, frozenset[str]] = {
 #: systemd's WHITESPACE: only these are trimmed around keys and values (not Unicode spaces).
 WHITESPACE = " \t\n\r"
 
+# systemd's read_line(): each of these ends a line.
+_LINE_END = re.compile(r"\r\n|\n\r|\r|\n")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
 #: systemd's UNIT_NAME_MAX is 256 including the NUL.
 UNIT_NAME_MAX = 255
 
@@ -49,6 +54,7 @@ LONG_LINE_MAX = 1024 * 1024
 
 # unit-name.c: VALID_CHARS, plus "@" which only separates prefix from instance.
 _VALID_NAME_CHARS = re.compile(r"[0-9A-Za-z:\-_.\\]+")
+_VALID_INSTANCE_CHARS = re.compile(r"[0-9A-Za-z:\-_.\\@]+")
 
 
 @attrs.frozen
@@ -117,9 +123,13 @@ def parse_unit_name(text: str) -> UnitName:
     if not prefix:
         msg = f"unit name must have a prefix before '@' or '.' (got {text!r})"
         raise ValueError(msg)
-    for part, what in ((prefix, "prefix"), (instance, "instance")):
-        if part and not _VALID_NAME_CHARS.fullmatch(part):
-            bad = next(c for c in part if not _VALID_NAME_CHARS.fullmatch(c))
+    # unit_name_is_valid(): "@" may appear again inside the instance ("foo@a@b.service").
+    for part, what, valid in (
+        (prefix, "prefix", _VALID_NAME_CHARS),
+        (instance, "instance", _VALID_INSTANCE_CHARS),
+    ):
+        if part and not valid.fullmatch(part):
+            bad = next(c for c in part if not valid.fullmatch(c))
             msg = f"unit name {what} must not contain {bad!r} (got {text!r})"
             raise ValueError(msg)
     return UnitName(prefix=prefix, instance=instance if at else None, suffix=suffix)
@@ -142,7 +152,12 @@ def escape_unit_name_part(text: str) -> str:
 
 
 def unescape_unit_name_part(text: str) -> str:
-    """systemd's ``unit_name_unescape`` (``%I``, ``%P``): ``-`` is ``/``, ``\\xNN`` a byte."""
+    """systemd's ``unit_name_unescape`` (``%I``, ``%P``): ``-`` is ``/``, ``\\xNN`` a byte.
+
+    Raises:
+        ValueError: on a backslash that does not start ``\\xNN``, or bytes that are not UTF-8;
+            systemd refuses both ("Failed to resolve unit specifiers").
+    """
     out = bytearray()
     i = 0
     while i < len(text):
@@ -150,17 +165,22 @@ def unescape_unit_name_part(text: str) -> str:
         if ch == "-":
             out += b"/"
             i += 1
-        elif (
-            ch == "\\"
-            and text[i + 1 : i + 2] == "x"
-            and re.fullmatch(r"[0-9a-fA-F]{2}", text[i + 2 : i + 4])
-        ):
+        elif ch == "\\":
+            if text[i + 1 : i + 2] != "x" or not re.fullmatch(
+                r"[0-9a-fA-F]{2}", text[i + 2 : i + 4]
+            ):
+                msg = f"invalid escape in unit name {text!r} (only \\xNN is allowed)"
+                raise ValueError(msg)
             out.append(int(text[i + 2 : i + 4], 16))
             i += 4
         else:
             out += ch.encode()
             i += 1
-    return out.decode("utf-8", errors="replace")
+    try:
+        return out.decode("utf-8")
+    except UnicodeDecodeError:
+        msg = f"unit name {text!r} unescapes to bytes that are not UTF-8"
+        raise ValueError(msg) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,31 +241,33 @@ def parse_unit_text(text: str, path: str, *, unit_type: str) -> UnitText:
     section: str | None = None
     ignoring_section = False
     pending: list[str] = []  # pieces of a line continued with a trailing backslash
-    pending_start = 0
+    pending_length = 0
 
-    lines = text.split("\n")
+    lines = _LINE_END.split(text.removeprefix("\ufeff"))  # systemd skips a byte order mark
     if lines and lines[-1] == "":
         lines.pop()
     for number, raw in enumerate(lines, start=1):
-        raw = raw.removesuffix("\r")
-        stripped = raw.strip(WHITESPACE)
-        if pending and stripped[:1] in ("#", ";"):
-            # systemd.syntax(7): comment lines inside a continuation are skipped.
+        if raw.strip(WHITESPACE)[:1] in ("#", ";"):
+            # Comment lines are dropped before continuations are looked at, as in systemd: a
+            # comment ending in a backslash continues nothing, and one inside a continuation is
+            # skipped.
             continue
-        if not pending:
-            pending_start = number
         trailing = len(raw) - len(raw.rstrip("\\"))
         if trailing % 2 == 1:  # an odd run of backslashes: the last one escapes the newline
             pending.append(raw[:-1])
-            if sum(len(p) for p in pending) > LONG_LINE_MAX:
-                problems.append(_problem(path, pending_start, "line is too long"))
+            pending_length += len(raw)
+            if pending_length > LONG_LINE_MAX:
+                problems.append(_problem(path, number, "line is too long"))
                 pending.clear()
+                pending_length = 0
             continue
         pending.append(raw)
-        # systemd joins a continued line with a space in place of the backslash.
+        # systemd joins a continued line with a space in place of the backslash, and names the
+        # last of its lines in messages.
         logical = " ".join(pending).strip(WHITESPACE)
         pending.clear()
-        start = pending_start
+        pending_length = 0
+        start = number
         if len(logical) > LONG_LINE_MAX:
             problems.append(_problem(path, start, "line is too long"))
             continue
@@ -258,6 +280,10 @@ def parse_unit_text(text: str, path: str, *, unit_type: str) -> UnitText:
                 continue
             section = logical[1:-1]
             ignoring_section = False
+            if _CONTROL.search(section):
+                problems.append(_problem(path, start, f"invalid section header {logical!r}"))
+                section, ignoring_section = None, True
+                continue
             if section not in known:
                 ignoring_section = True
                 if not section.startswith("X-"):
@@ -281,10 +307,13 @@ def parse_unit_text(text: str, path: str, *, unit_type: str) -> UnitText:
         if not key:
             problems.append(_problem(path, start, f"missing key name in {logical!r}"))
             continue
+        if _CONTROL.search(key):
+            problems.append(_problem(path, start, f"invalid key name {key!r}"))
+            continue
         assignments.append(Assignment(section, key, value.strip(WHITESPACE), path, start))
     if pending:
-        # A backslash on the last line: systemd takes what it has; so do we, but say so.
-        problems.append(_problem(path, pending_start, "file ends inside a continued line"))
+        # A backslash on the last line: systemd takes what it has; activator refuses it.
+        problems.append(_problem(path, len(lines), "file ends inside a continued line"))
     return UnitText(path=path, assignments=tuple(assignments), problems=tuple(problems))
 
 
@@ -319,19 +348,33 @@ class UnitFiles:
 
 
 def _dropin_names(name: UnitName) -> list[str]:
-    """The ``.d`` directory names that apply to a unit, least specific first.
+    """The unit-specific ``.d`` directory names of a unit, most specific first.
 
-    As systemd 252: the type-wide ``service.d``, then each dash-truncated prefix (``foo-.service.d``
-    for ``foo-bar-baz.service``), then the template, then the unit itself.
+    systemd 252's ``unit_file_find_dirs``, step by step: the unit's own ``.d``, then (for an
+    instance) everything of its template, then everything of the unit named by the prefix cut
+    after its last inner dash (``foo-bar-baz`` -> ``foo-bar-``; ``foo-bar@x`` -> ``foo-@x``),
+    recursively. A leading dash cuts nothing. The type-wide ``service.d`` is not here: it comes
+    after these in every directory (see :func:`resolve_unit_files`).
     """
-    names = [f"{name.suffix}.d"]
-    parts = name.prefix.split("-")
-    names += ["-".join(parts[:i]) + f"-.{name.suffix}.d" for i in range(1, len(parts))]
-    if name.instance is not None:
-        names.append(f"{name.template.name}.d")
-    if not name.is_template:
-        names.append(f"{name.name}.d")
-    return list(dict.fromkeys(names))
+    out: list[str] = []
+
+    def visit(unit: UnitName) -> None:
+        out.append(f"{unit.name}.d")
+        if unit.is_instance:
+            visit(unit.template)
+        prefix, chopped = unit.prefix, False
+        while True:
+            dash = prefix.rfind("-")
+            if dash <= 0:
+                return
+            if dash + 1 < len(prefix) or chopped:
+                prefix = prefix[: dash + 1]
+                break
+            prefix, chopped = prefix[:dash], True  # a trailing dash is cut once, then looked past
+        visit(UnitName(prefix, unit.instance or None, unit.suffix))
+
+    visit(name)
+    return list(dict.fromkeys(out))
 
 
 def resolve_unit_files(name: UnitName, directories: Sequence[UnitDirectory]) -> UnitFiles | None:
@@ -362,11 +405,14 @@ def resolve_unit_files(name: UnitName, directories: Sequence[UnitDirectory]) -> 
     if fragment is None:
         return None
     chosen: dict[str, str | None] = {}  # None: masked by a /dev/null symlink of that name
-    for directory in directories:
-        for dname in reversed(_dropin_names(name)):
-            for conf in directory.dropins.get(dname, frozenset()):
-                masked = f"{dname}/{conf}" in directory.masked
-                chosen.setdefault(conf, None if masked else f"{directory.path}/{dname}/{conf}")
+    # systemd lists the unit-specific directories of every units directory first, then the
+    # type-wide ones: of two files with one name, the first in that list wins.
+    order = [(d, dname) for d in directories for dname in _dropin_names(name)]
+    order += [(d, f"{name.suffix}.d") for d in directories]
+    for directory, dname in order:
+        for conf in directory.dropins.get(dname, frozenset()):
+            masked = f"{dname}/{conf}" in directory.masked
+            chosen.setdefault(conf, None if masked else f"{directory.path}/{dname}/{conf}")
     dropins = tuple(path for _, path in sorted(chosen.items()) if path is not None)
     return UnitFiles(fragment=fragment, dropins=dropins)
 
@@ -398,18 +444,19 @@ SYSTEM_DIRECTORIES: Mapping[str, str] = {
 KNOWN_SPECIFIERS = "%i %I %n %N %p %P %t %S %C %L %%"
 
 
-def specifier_table(name: UnitName) -> Mapping[str, str]:
-    """What each specifier of ``KNOWN_SPECIFIERS`` means for unit ``name``."""
+def specifier_table(name: UnitName) -> Mapping[str, Callable[[], str]]:
+    """What each specifier of ``KNOWN_SPECIFIERS`` means for unit ``name``, computed on use (an
+    instance that cannot be unescaped fails only the values that use ``%I``)."""
     instance = name.instance or ""
     return {
-        "i": instance,
-        "I": unescape_unit_name_part(instance),
-        "n": name.name,
-        "N": name.stem,
-        "p": name.prefix,
-        "P": unescape_unit_name_part(name.prefix),
-        "%": "%",
-        **SYSTEM_DIRECTORIES,
+        "i": lambda: instance,
+        "I": lambda: unescape_unit_name_part(instance),
+        "n": lambda: name.name,
+        "N": lambda: name.stem,
+        "p": lambda: name.prefix,
+        "P": lambda: unescape_unit_name_part(name.prefix),
+        "%": lambda: "%",
+        **{k: functools.partial(str, path) for k, path in SYSTEM_DIRECTORIES.items()},
     }
 
 
@@ -439,6 +486,6 @@ def expand_specifiers(text: str, name: UnitName) -> str:
         if spec not in table:
             msg = f"unknown specifier '%{spec}' (known: {KNOWN_SPECIFIERS})"
             raise ValueError(msg)
-        out.append(table[spec])
+        out.append(table[spec]())
         i += 2
     return "".join(out)

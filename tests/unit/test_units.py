@@ -10,6 +10,7 @@ from activator.errors import Severity
 from activator.units import (
     UnitDirectory,
     UnitName,
+    _dropin_names,
     decode_unit_bytes,
     escape_unit_name_part,
     expand_specifiers,
@@ -44,11 +45,41 @@ def test_sections_keys_comments_and_line_numbers() -> None:
 
 def test_continuation_joins_with_a_space_and_skips_comment_lines() -> None:
     text = "[Service]\nExecStart=/bin/echo a \\\n# skipped\n  b\\\nc\nUser=x\n"
-    # systemd replaces the backslash with a space and appends the next line as it is.
+    # systemd replaces the backslash with a space, appends the next line as it is, and names the
+    # last line of a continued line in messages.
     assert parse(text) == [
-        ("Service", "ExecStart", "/bin/echo a    b c", 2),
+        ("Service", "ExecStart", "/bin/echo a    b c", 5),
         ("Service", "User", "x", 6),
     ]
+
+
+def test_a_comment_ending_in_a_backslash_continues_nothing() -> None:
+    # The next line is read on its own, as systemd does: it must not vanish into the comment.
+    text = "[Service]\nExecStart=/bin/true\n# see https://example.org/doc \\\nDynamicUser=yes\n"
+    assert parse(text)[-1] == ("Service", "DynamicUser", "yes", 4)
+
+
+@pytest.mark.parametrize("end", ["\r", "\r\n", "\n\r", "\n"])
+def test_every_line_end_of_systemds_read_line_ends_a_line(end: str) -> None:
+    text = end.join(["[Service]", "# c", "DynamicUser=yes", "User=x"]) + end
+    assert parse(text) == [("Service", "DynamicUser", "yes", 3), ("Service", "User", "x", 4)]
+
+
+def test_byte_order_mark_is_skipped() -> None:
+    assert parse("\ufeff[Service]\nUser=x\n") == [("Service", "User", "x", 2)]
+
+
+def test_control_characters_in_keys_and_sections_are_refused() -> None:
+    assert problems("[Ser\x1bvice]\nA=b\n[Service]\nK\x1b[31m=x\n") == [
+        "u.service:1: invalid section header '[Ser\\x1bvice]'",
+        "u.service:4: invalid key name 'K\\x1b[31m'",
+    ]
+
+
+def test_long_continued_lines_are_refused_in_linear_time() -> None:
+    lines = ["[Service]", "A=" + "x\\"] + ["y" * 1000 + "\\"] * 1100 + ["end"]
+    result = parse_unit_text("\n".join(lines), "u.service", unit_type="service")
+    assert "line is too long" in [p.reason for p in result.problems]
 
 
 def test_an_even_run_of_backslashes_does_not_continue() -> None:
@@ -56,7 +87,7 @@ def test_an_even_run_of_backslashes_does_not_continue() -> None:
         ("Service", "A", "x\\\\", 2),
         ("Service", "B", "y", 3),
     ]
-    assert parse("[Service]\nA=x\\\\\\\nB=y\n") == [("Service", "A", "x\\\\ B=y", 2)]
+    assert parse("[Service]\nA=x\\\\\\\nB=y\n") == [("Service", "A", "x\\\\ B=y", 3)]
 
 
 def test_crlf_line_endings_are_accepted() -> None:
@@ -90,6 +121,9 @@ def test_socket_section_is_known_only_to_sockets() -> None:
 
 def test_trailing_backslash_at_end_of_file_is_reported() -> None:
     assert problems("[Service]\nUser=x\\") == ["u.service:2: file ends inside a continued line"]
+    assert problems("[Service]\nUser=x\\\ny\\") == [
+        "u.service:3: file ends inside a continued line"
+    ]
 
 
 def test_decode_refuses_nul_and_invalid_utf8_with_the_line() -> None:
@@ -138,6 +172,7 @@ def test_unit_names_split_into_prefix_instance_and_suffix() -> None:
         ("@x.service", "unit name must have a prefix before '@' or '.' (got '@x.service')"),
         ("a b.service", "unit name prefix must not contain ' ' (got 'a b.service')"),
         ("a@b/c.service", "unit name instance must not contain '/' (got 'a@b/c.service')"),
+        ("a@b c.service", "unit name instance must not contain ' ' (got 'a@b c.service')"),
         ("x" * 250 + ".service", "unit name must be at most 255 characters (got 258)"),
     ],
 )
@@ -153,6 +188,16 @@ def test_escaped_names_are_valid_instances_and_unescape_back(text: str) -> None:
     assume(len(escaped) <= 200)  # a multi-byte character escapes to up to 16 characters
     name = parse_unit_name(f"foo@{escaped}.service")
     assert unescape_unit_name_part(name.instance or "") == text
+
+
+def test_an_instance_may_contain_at_signs() -> None:
+    assert parse_unit_name("foo@a@b.service").instance == "a@b"
+
+
+@pytest.mark.parametrize("bad", ["a\\xzzb", "a\\b", "a\\xffb", "\\x"])
+def test_unescaping_refuses_bad_escapes_and_non_utf8(bad: str) -> None:
+    with pytest.raises(ValueError):
+        unescape_unit_name_part(bad)
 
 
 def test_unescape_follows_systemd_escape() -> None:
@@ -217,14 +262,17 @@ def test_dropins_apply_sorted_by_name_and_the_more_specific_file_wins() -> None:
         {
             "foo-bar@.service.d": frozenset({"20-b.conf", "10-a.conf"}),
             "foo-bar@x.service.d": frozenset({"20-b.conf", "30-c.conf"}),
+            "service.d": frozenset({"40-d.conf"}),
         },
     )
     lib = UnitDirectory(
         "/lib/u",
         frozenset(),
         {
-            "service.d": frozenset({"00-all.conf", "30-c.conf"}),
+            "service.d": frozenset({"00-all.conf", "30-c.conf", "40-d.conf"}),
             "foo-.service.d": frozenset({"15-prefix.conf"}),
+            "foo-@x.service.d": frozenset({"16-prefix-instance.conf"}),
+            "foo-@.service.d": frozenset({"17-prefix-template.conf", "30-c.conf"}),
         },
     )
     files = resolve_unit_files(parse_unit_name("foo-bar@x.service"), [etc, lib])
@@ -233,9 +281,40 @@ def test_dropins_apply_sorted_by_name_and_the_more_specific_file_wins() -> None:
         "/lib/u/service.d/00-all.conf",
         "/etc/u/foo-bar@.service.d/10-a.conf",
         "/lib/u/foo-.service.d/15-prefix.conf",
+        "/lib/u/foo-@x.service.d/16-prefix-instance.conf",
+        "/lib/u/foo-@.service.d/17-prefix-template.conf",
         "/etc/u/foo-bar@x.service.d/20-b.conf",
         "/etc/u/foo-bar@x.service.d/30-c.conf",
+        "/etc/u/service.d/40-d.conf",
     )
+
+
+def test_a_unit_specific_dropin_beats_a_type_wide_one_of_the_same_name_anywhere() -> None:
+    # systemd lists service.d after the unit-specific directories of every units directory.
+    first = UnitDirectory("/d1", frozenset({"foo.service"}), {"service.d": frozenset({"x.conf"})})
+    second = UnitDirectory("/d2", frozenset(), {"foo.service.d": frozenset({"x.conf"})})
+    files = resolve_unit_files(parse_unit_name("foo.service"), [first, second])
+    assert files is not None
+    assert files.dropins == ("/d2/foo.service.d/x.conf",)
+
+
+@pytest.mark.parametrize(
+    ("name", "dirs"),
+    [
+        ("foo-bar-baz.service", ["foo-bar-baz.service.d", "foo-bar-.service.d", "foo-.service.d"]),
+        ("a--b.service", ["a--b.service.d", "a--.service.d", "a-.service.d"]),
+        ("-foo.service", ["-foo.service.d"]),
+        (
+            "foo-bar@x.service",
+            [
+                "foo-bar@x.service.d", "foo-bar@.service.d", "foo-.service.d", "foo-@x.service.d",
+                "foo-@.service.d",
+            ],
+        ),
+    ],
+)  # fmt: skip
+def test_dash_prefix_dropin_directories_follow_systemd(name: str, dirs: list[str]) -> None:
+    assert _dropin_names(parse_unit_name(name)) == dirs
 
 
 def test_template_itself_does_not_read_instance_dropins() -> None:
