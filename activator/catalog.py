@@ -54,6 +54,7 @@ class Catalog:
     Attributes:
         directories: the snapshots the catalog was built from, in priority order.
         contents: the bytes of every unit file and drop-in, by path.
+        unreadable: files that could not be read, with the reason.
         units: plain units and instances with a file of their own, by unit name.
         templates: templates (``foo@.service``), each as built for ``SAMPLE_INSTANCE``.
         problems: every error and warning, in path and line order.
@@ -63,6 +64,7 @@ class Catalog:
 
     directories: tuple[UnitDirectory, ...]
     contents: Mapping[str, bytes]
+    unreadable: Mapping[str, str]
     units: Mapping[str, Loaded]
     templates: Mapping[str, Loaded]
     problems: tuple[Problem, ...]
@@ -101,13 +103,23 @@ class Catalog:
             dirs = ", ".join(d.path for d in self.directories) or "(none)"
             msg = f"template {template} {why} ({dirs})"
             raise ConfigError(Problem(name.name, None, None, None, msg))
-        return _build(name, self.directories, self.contents)
+        return _build(name, self.directories, self.contents, self.unreadable)
 
 
-def _texts(files: UnitFiles, contents: Mapping[str, bytes], unit_type: str) -> list[UnitText]:
+def _texts(
+    files: UnitFiles,
+    contents: Mapping[str, bytes],
+    unreadable: Mapping[str, str],
+    unit_type: str,
+) -> list[UnitText]:
     texts = []
     for path in (files.fragment, *files.dropins):
-        text, problem = decode_unit_bytes(contents.get(path, b""), path)
+        if path not in contents:
+            # An unreadable file fails its unit: a drop-in may hold the unit's sandbox.
+            reason = f"cannot read: {unreadable.get(path, 'not read')}"
+            texts.append(UnitText(path, (), (Problem(path, None, None, None, reason),)))
+            continue
+        text, problem = decode_unit_bytes(contents[path], path)
         if problem is not None:
             texts.append(UnitText(path, (), (problem,)))
         else:
@@ -117,28 +129,38 @@ def _texts(files: UnitFiles, contents: Mapping[str, bytes], unit_type: str) -> l
 
 
 def _build(
-    name: UnitName, directories: Sequence[UnitDirectory], contents: Mapping[str, bytes]
+    name: UnitName,
+    directories: Sequence[UnitDirectory],
+    contents: Mapping[str, bytes],
+    unreadable: Mapping[str, str],
 ) -> Loaded:
     files = resolve_unit_files(name, directories)
     if files is None:
         msg = "no such unit in the units directories"
         raise ConfigError(Problem(name.name, None, None, None, msg))
-    texts = _texts(files, contents, name.suffix)
+    texts = _texts(files, contents, unreadable, name.suffix)
     build = build_service if name.suffix == "service" else build_socket
     unit, warnings = build(name, texts)
     return Loaded(unit, files, tuple(warnings))
 
 
-def build_catalog(directories: Sequence[UnitDirectory], contents: Mapping[str, bytes]) -> Catalog:
+def build_catalog(
+    directories: Sequence[UnitDirectory],
+    contents: Mapping[str, bytes],
+    unreadable: Mapping[str, str] | None = None,
+) -> Catalog:
     """Build every unit found in ``directories`` (earlier directories win), then pair sockets.
 
     Args:
         directories: snapshots of the units directories, in priority order.
         contents: the bytes of every file the snapshots name.
+        unreadable: files that could not be read, with the reason; their units fail.
     """
+    unreadable_files = dict(unreadable or {})
     names: dict[str, None] = {}
     for directory in directories:
-        names.update(dict.fromkeys(sorted(directory.files)))
+        masked_units = {m for m in directory.masked if "/" not in m}
+        names.update(dict.fromkeys(sorted(directory.files | masked_units)))
     units: dict[str, Loaded] = {}
     templates: dict[str, Loaded] = {}
     problems: list[Problem] = []
@@ -148,7 +170,11 @@ def build_catalog(directories: Sequence[UnitDirectory], contents: Mapping[str, b
         try:
             name = parse_unit_name(text_name)
         except ValueError as e:
-            path = next(f"{d.path}/{text_name}" for d in directories if text_name in d.files)
+            path = next(
+                f"{d.path}/{text_name}"
+                for d in directories
+                if text_name in d.files or text_name in d.masked
+            )
             problems.append(Problem(path, None, None, None, str(e), Severity.WARNING))
             continue
         if is_masked(name, directories):
@@ -156,10 +182,12 @@ def build_catalog(directories: Sequence[UnitDirectory], contents: Mapping[str, b
             continue
         try:
             if name.is_template:
-                loaded = _build(name.with_instance(SAMPLE_INSTANCE), directories, contents)
+                loaded = _build(
+                    name.with_instance(SAMPLE_INSTANCE), directories, contents, unreadable_files
+                )
                 templates[name.name] = loaded
             else:
-                loaded = units[name.name] = _build(name, directories, contents)
+                loaded = units[name.name] = _build(name, directories, contents, unreadable_files)
             problems.extend(loaded.warnings)
         except ConfigError as e:
             problems.extend(e.problems)
@@ -173,10 +201,11 @@ def build_catalog(directories: Sequence[UnitDirectory], contents: Mapping[str, b
                     problems.append(problem)
                     failed.add(name_text)
                     del table[name_text]
-    problems.sort(key=lambda p: (p.path, p.line or 0))
+    problems.sort(key=Problem.sort_key)
     return Catalog(
         directories=tuple(directories),
         contents=dict(contents),
+        unreadable=unreadable_files,
         units=units,
         templates=templates,
         problems=tuple(problems),

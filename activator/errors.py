@@ -11,6 +11,7 @@ Rule 3: this module imports nothing of the project, so every other module may im
 from __future__ import annotations
 
 import enum
+import math
 
 import attrs
 
@@ -49,6 +50,11 @@ class Problem:
     @property
     def is_error(self) -> bool:
         return self.severity is Severity.ERROR
+
+    def sort_key(self) -> tuple[str, float]:
+        """File order: by path, then line; problems of a whole file or unit (no line) come after
+        those of its lines, which often cause them (a bad ExecStart= line, then "no ExecStart=")."""
+        return (self.path, math.inf if self.line is None else self.line)
 
     def __str__(self) -> str:
         where = self.path if self.line is None else f"{self.path}:{self.line}"

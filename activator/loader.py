@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import attrs
 
 from activator.catalog import Catalog, build_catalog
-from activator.errors import Problem
-from activator.units import UNIT_SUFFIXES, UnitDirectory
+from activator.errors import Problem, Severity
+from activator.units import UNIT_SUFFIXES, UnitDirectory, parse_unit_name
 
 #: A unit file or drop-in larger than this is refused before it is read whole.
 MAX_UNIT_FILE_BYTES = 4 * 1024 * 1024
@@ -26,10 +26,13 @@ def _is_unit_file(name: str) -> bool:
     return name.rpartition(".")[2] in UNIT_SUFFIXES and not name.startswith(".")
 
 
-def scan_directory(path: str) -> UnitDirectory:
+def scan_directory(path: str) -> tuple[UnitDirectory, list[Problem]]:
     """Snapshot one units directory: its unit files and the ``*.conf`` files of its ``.d``s.
 
-    Masked units (symlinks to /dev/null, as systemd masks them) are left out.
+    As systemd: hidden files (a leading dot) are skipped; a unit file that is empty or a symlink
+    to /dev/null is masked, as is a drop-in linked to /dev/null. A symlink to a unit file of
+    another name is an alias, which activator does not support: it is left out with a warning
+    (a link to a file of the same name elsewhere, or from an instance to its template, is fine).
 
     Raises:
         OSError: when the directory cannot be listed.
@@ -37,13 +40,16 @@ def scan_directory(path: str) -> UnitDirectory:
     files: set[str] = set()
     masked: set[str] = set()
     dropins: dict[str, frozenset[str]] = {}
+    problems: list[Problem] = []
     with os.scandir(path) as it:
         for entry in it:
+            if entry.name.startswith("."):
+                continue
             if entry.name.endswith(".d") and entry.is_dir():
                 confs = set()
                 with os.scandir(entry.path) as inner:
                     for e in inner:
-                        if not e.name.endswith(".conf"):
+                        if e.name.startswith(".") or not e.name.endswith(".conf"):
                             continue
                         if _masked(e.path):
                             masked.add(f"{entry.name}/{e.name}")
@@ -52,17 +58,47 @@ def scan_directory(path: str) -> UnitDirectory:
                             confs.add(e.name)
                 dropins[entry.name] = frozenset(confs)
             elif _is_unit_file(entry.name):
-                if _masked(entry.path):
+                if _masked(entry.path) or (entry.is_file() and _empty(entry.path)):
                     masked.add(entry.name)
+                elif (target := _alias_target(entry)) is not None:
+                    reason = (
+                        f"a symlink to {target}: unit aliases are not supported, so this name "
+                        "is not loaded (name the unit by its own name)"
+                    )
+                    problems.append(Problem(entry.path, None, None, None, reason, Severity.WARNING))
                 elif entry.is_file():
                     files.add(entry.name)
-    return UnitDirectory(
+    snapshot = UnitDirectory(
         path=path, files=frozenset(files), dropins=dropins, masked=frozenset(masked)
     )
+    return snapshot, problems
 
 
 def _masked(path: str) -> bool:
     return os.path.islink(path) and os.path.realpath(path) == "/dev/null"
+
+
+def _empty(path: str) -> bool:
+    try:
+        return os.stat(path).st_size == 0
+    except OSError:
+        return False
+
+
+def _alias_target(entry: os.DirEntry[str]) -> str | None:
+    """The unit name a symlinked unit file points to, when that is another unit (an alias)."""
+    if not entry.is_symlink():
+        return None
+    target = os.path.basename(os.path.realpath(entry.path))
+    if target == entry.name:
+        return None
+    try:
+        link, real = parse_unit_name(entry.name), parse_unit_name(target)
+    except ValueError:
+        return None
+    if link.is_instance and real == link.template:
+        return None  # foo@bar.service -> foo@.service: an instance of the template, as systemd
+    return target
 
 
 def _read(path: str) -> bytes:
@@ -77,39 +113,31 @@ def _read(path: str) -> bytes:
 def load_catalog(directories: Sequence[str]) -> Catalog:
     """Scan and read ``directories`` (earlier ones win) and build the catalog.
 
-    Directories or files that cannot be read become error problems of the returned catalog.
+    Directories or files that cannot be read become error problems of the returned catalog; a
+    unit whose file or one of whose drop-ins cannot be read is not loaded (fail closed).
     """
     snapshots: list[UnitDirectory] = []
     contents: dict[str, bytes] = {}
+    unreadable: dict[str, str] = {}
     problems: list[Problem] = []
     for path in dict.fromkeys(os.path.normpath(d) for d in directories):
         try:
-            snapshot = scan_directory(path)
+            snapshot, found = scan_directory(path)
         except OSError as e:
             reason = f"cannot read units directory: {e.strerror or e}"
             problems.append(Problem(path, None, None, None, reason))
             continue
+        problems.extend(found)
         snapshots.append(snapshot)
         paths = [f"{path}/{f}" for f in snapshot.files]
         paths += [f"{path}/{d}/{c}" for d, confs in snapshot.dropins.items() for c in confs]
-        unreadable = set()
         for file_path in paths:
             try:
                 contents[file_path] = _read(file_path)
             except OSError as e:
-                reason = f"cannot read: {e.strerror or e}"
-                problems.append(Problem(file_path, None, None, None, reason))
-                unreadable.add(file_path.removeprefix(f"{path}/"))
-        if unreadable:
-            # An unreadable unit is left out; an unreadable drop-in fails its unit (fail closed).
-            files = snapshot.files - unreadable
-            snapshot = attrs.evolve(snapshot, files=files)
-            snapshots[-1] = snapshot
-            if any("/" in u for u in unreadable):
-                broken = {u.split("/", 1)[0].removesuffix(".d") for u in unreadable if "/" in u}
-                snapshots[-1] = attrs.evolve(snapshot, files=files - broken)
-    catalog = build_catalog(snapshots, contents)
+                unreadable[file_path] = str(e.strerror or e)
+    catalog = build_catalog(snapshots, contents, unreadable)
     if not problems:
         return catalog
-    merged = sorted((*catalog.problems, *problems), key=lambda p: (p.path, p.line or 0))
+    merged = sorted((*catalog.problems, *problems), key=Problem.sort_key)
     return attrs.evolve(catalog, problems=tuple(merged))

@@ -7,7 +7,6 @@ the Accept= dependent defaults) run after all assignments, in ``_finish_*``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -114,14 +113,8 @@ class _Builder:
 def _check_errors(b: _Builder) -> list[Problem]:
     errors = [p for p in b.problems if p.is_error]
     if errors:
-        raise ConfigError(sorted(b.problems, key=_problem_order))
-    return sorted(b.problems, key=_problem_order)
-
-
-def _problem_order(p: Problem) -> tuple[str, float]:
-    # Problems of the whole unit (no line) come after those of its lines: they are often caused
-    # by them (a bad ExecStart= line, then "no ExecStart=").
-    return (p.path, math.inf if p.line is None else p.line)
+        raise ConfigError(sorted(b.problems, key=Problem.sort_key))
+    return sorted(b.problems, key=Problem.sort_key)
 
 
 _U = TypeVar("_U", ServiceUnit, SocketUnit)

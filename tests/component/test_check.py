@@ -218,3 +218,38 @@ def test_template_socket_needs_its_template_service(
     code, out, err = run(capsys, "check", str(tmp_path / "cust@acme.socket"))
     assert (code, err) == (0, "")
     assert out.startswith("cust@acme.socket: socket\n  listens on ListenStream=/run/cust/acme.sock")
+
+
+def test_unreadable_shared_dropin_fails_the_units_it_applies_to(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(tmp_path / "app.service", "[Service]\nExecStart=/bin/app\n")
+    (tmp_path / "service.d").mkdir()
+    # Opening works, reading fails with EIO: a drop-in that exists but cannot be read.
+    (tmp_path / "service.d" / "harden.conf").symlink_to("/proc/self/mem")
+    code, out, err = run(capsys, "check", str(tmp_path))
+    assert code == 2
+    assert err == (
+        f"activator: {tmp_path}/service.d/harden.conf: cannot read: Input/output error\n"
+    )
+    assert out == "0 units checked, 1 error, 0 warnings\n"
+
+
+def test_hidden_dropins_empty_units_and_aliases_are_handled_as_systemd_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(tmp_path / "real.service", "[Service]\nExecStart=/bin/real\n")
+    write(tmp_path / "real.service.d" / ".hidden.conf", "[Service]\nExecStart=\n")
+    write(tmp_path / "empty.service", "")
+    (tmp_path / "alias.service").symlink_to("real.service")
+    write(tmp_path / "t@.service", "[Service]\nExecStart=/bin/t %i\n")
+    (tmp_path / "t@one.service").symlink_to("t@.service")
+    code, out, err = run(capsys, "check", str(tmp_path))
+    assert code == 0
+    assert err == (
+        f"activator: warning: {tmp_path}/alias.service: a symlink to real.service: unit aliases "
+        "are not supported, so this name is not loaded (name the unit by its own name)\n"
+    )
+    assert "  runs /bin/real\n" in out  # the hidden drop-in did not reset ExecStart=
+    assert "empty.service: masked" in out
+    assert "t@one.service: service\n  runs /bin/t one\n" in out

@@ -70,11 +70,9 @@ def test_unit_name_escaping_matches_systemd_escape(text: str) -> None:
     result = subprocess.run(
         ["systemd-escape", "--", text], capture_output=True, text=True, check=True
     )
-    assert escape_unit_name_part(text) == result.stdout.strip()
+    escaped = result.stdout.removesuffix("\n")
+    assert escape_unit_name_part(text) == escaped
     unescaped = subprocess.run(
-        ["systemd-escape", "-u", "--", result.stdout.strip()],
-        capture_output=True,
-        text=True,
-        check=True,
+        ["systemd-escape", "-u", "--", escaped], capture_output=True, text=True, check=True
     )
-    assert unescape_unit_name_part(result.stdout.strip()) == unescaped.stdout.strip()
+    assert unescape_unit_name_part(escaped) == unescaped.stdout.removesuffix("\n")
