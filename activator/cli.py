@@ -11,6 +11,7 @@ document, for scripts.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -71,6 +72,10 @@ def _add_settings_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code."""
+    for stream in (sys.stdout, sys.stderr):
+        # Unit text reaches the terminal; never fail on a character the locale cannot show.
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
     args = _parser().parse_args(argv)
     try:
         if args.command == "check":

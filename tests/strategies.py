@@ -76,12 +76,14 @@ def exec_commands(draw: st.DrawFn) -> ExecCommand:
 
 
 env_name = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True)
-path_entries = st.builds(v.PathEntry, abs_path, st.booleans())
+#: Paths of directives that read backslashes as they are (activator refuses them there).
+literal_path = abs_path.filter(lambda p: "\\" not in p)
+path_entries = st.builds(v.PathEntry, literal_path, st.booleans())
 value_path_entries = st.builds(v.PathEntry, value_path, st.booleans())
 bind_entries = st.builds(v.BindEntry, abs_path, abs_path, st.booleans(), st.booleans())
 tmpfs_entries = st.builds(
     v.TmpfsEntry,
-    abs_path.filter(lambda p: ":" not in p),
+    literal_path.filter(lambda p: ":" not in p),
     st.lists(
         st.sampled_from(["ro", "nosuid", "nodev", "noexec", "size=10M", "mode=0755"]),
         max_size=3,
@@ -162,7 +164,7 @@ def services(draw: st.DrawFn) -> ServiceUnit:
         "tasks_max": draw(st.one_of(st.none(), st.integers(1, 10**6), percent)),
         "cpu_quota": draw(st.one_of(st.none(), st.integers(1, 10**6).map(v.Percent))),
         "runtime_max_sec": draw(timespan),
-        "timeout_stop_sec": draw(timespan),
+        "timeout_stop_sec": draw(timespan.filter(lambda t: t != 0)),  # 0 reads as infinity
         "kill_signal": draw(st.sampled_from([1, 2, 3, 9, 10, 12, 15, 34, 40, 64])),
         "restart": draw(st.sampled_from(v.RestartPolicy)),
         "restart_sec": draw(timespan),

@@ -40,6 +40,8 @@ class _Builder:
     lists: dict[str, list[Any]] = attrs.field(factory=dict)
     #: For list fields, the assignment of each item, for messages about the n-th item.
     list_origin: dict[str, list[Assignment]] = attrs.field(factory=dict)
+    #: Fields with a refused line: "missing" errors about them would only repeat that error.
+    refused: set[str] = attrs.field(factory=set)
 
     def error(self, a: Assignment | None, reason: str, *, warning: bool = False) -> None:
         severity = Severity.WARNING if warning else Severity.ERROR
@@ -65,15 +67,26 @@ class _Builder:
             self.list_origin[d.field] = []
             self.origin[d.field] = a
             return
-        if not d.is_list and a.value == "":
-            # An empty scalar assignment resets the setting to its default, as in systemd.
-            self.values.pop(d.field, None)
-            self.origin.pop(d.field, None)
+        if d.deprecated_for is not None:
+            reason = f"{d.key}= is deprecated, please use {d.deprecated_for}= instead"
+            self.error(a, reason, warning=True)
+        if not d.is_list and a.value == "" and d.empty != "value":
+            if d.empty == "reset":
+                # These keys go back to their default on an empty value, as in systemd.
+                self.values.pop(d.field, None)
+                self.origin.pop(d.field, None)
+            else:
+                self.error(
+                    a,
+                    "must not be empty (systemd would ignore the line and keep an earlier "
+                    "value; remove the line, or give the value)",
+                )
             return
         try:
             value = d.parse(a.value, self.name)
         except ValueError as e:
             self.error(a, str(e))
+            self.refused.add(d.field)
             return
         self.origin[d.field] = a
         if d.is_list:
@@ -88,8 +101,9 @@ class _Builder:
         if a.key in UNSUPPORTED_SECURITY:
             self.error(
                 a,
-                f"{a.key}= is a sandboxing or identity directive activator does not implement; "
-                "refusing to run the unit with less isolation than it asks for",
+                f"{a.key}= restricts the process (sandboxing, identity or a resource limit) and "
+                "activator does not implement it; refusing to run the unit with less isolation "
+                "than it asks for",
             )
             return
         # systemd: "Unknown key name '%s' in section '%s', ignoring."
@@ -154,7 +168,7 @@ def build_service(name: UnitName, texts: Sequence[UnitText]) -> tuple[ServiceUni
 def _finish_service(b: _Builder, f: dict[str, Any]) -> None:
     exec_start: tuple[ExecCommand, ...] = f.get("exec_start", ())
     service_type = f.get("type", v.ServiceType.SIMPLE)
-    if not exec_start:
+    if not exec_start and "exec_start" not in b.refused:
         b.error(None, "Service has no ExecStart= setting. Refusing.")
     elif len(exec_start) > 1 and service_type is not v.ServiceType.ONESHOT:
         second = b.list_origin["exec_start"][1]
@@ -223,7 +237,7 @@ def build_socket(name: UnitName, texts: Sequence[UnitText]) -> tuple[SocketUnit,
 def _finish_socket(b: _Builder, f: dict[str, Any]) -> None:
     listen: tuple[Listen, ...] = f.get("listen", ())
     accept = f.get("accept", False)
-    if not listen:
+    if not listen and "listen" not in b.refused:
         b.error(None, "Unit has no Listen setting (ListenStream=, ListenDatagram=, ...). Refusing.")
     if accept:
         for item, a in zip(listen, b.list_origin.get("listen", []), strict=True):

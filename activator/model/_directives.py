@@ -39,7 +39,18 @@ def _expanded(conv: Callable[[str], Any]) -> Parse:
 
 def _words(conv: Callable[[str], Any]) -> Parse:
     """A list of words: split first, then resolve specifiers and convert each word."""
-    return lambda raw, name: tuple(conv(expand_specifiers(w, name)) for w in v.split_words(raw))
+    return lambda raw, name: tuple(
+        conv(_utf8(expand_specifiers(w, name))) for w in v.split_words(raw)
+    )
+
+
+def _utf8(word: str) -> str:
+    # split_words carries bytes that are not UTF-8 (from "\xff" escapes) as surrogate escapes;
+    # systemd refuses such words ("not UTF-8 clean"), and so does activator.
+    if any("\udc80" <= c <= "\udcff" for c in word):
+        msg = f"must be valid UTF-8 (got {word!r})"
+        raise ValueError(msg)
+    return word
 
 
 def _reject_control(text: str) -> str:
@@ -59,8 +70,11 @@ def _parse_exec(raw: str, name: UnitName) -> tuple[ExecCommand]:
     ignore_failure = False
     expand_environment = True
     set_argv0 = False
-    while first and first[0] in "-@:+!|":
+    seen: set[str] = set()
+    # systemd 252 reads each prefix at most once; a repeated one is part of the path (and fails).
+    while first[:1] in ("-", "@", ":", "+", "!") and first[:1] not in seen:
         p = first[0]
+        seen.add(p)
         if p == "-":
             ignore_failure = True
         elif p == "@":
@@ -81,10 +95,16 @@ def _parse_exec(raw: str, name: UnitName) -> tuple[ExecCommand]:
     if ";" in words:
         msg = "several commands on one line (';') are not supported; use one ExecStart= per command"
         raise ValueError(msg)
-    expanded = [_reject_control(expand_specifiers(w, name)) for w in words]
+    expanded = [_reject_control(_utf8(expand_specifiers(w, name))) for w in words]
     path = expanded[0]
     if "/" in path:
+        if path.endswith("/"):
+            msg = f"program path names a directory (got {path!r})"
+            raise ValueError(msg)
         path = v.validate_absolute_path(path)
+    elif path in (".", "..") or len(path.encode()) > 255:
+        msg = f"program must be an absolute path or a file name (got {path!r})"
+        raise ValueError(msg)
     if set_argv0:
         if len(expanded) < 2:
             msg = "'@' prefix needs argv[0] after the program"
@@ -185,6 +205,34 @@ def _finite_timespan(text: str) -> int:
     return usec
 
 
+def _timespan_fix_0(text: str) -> int | None:
+    # systemd's config_parse_sec_fix_0 (TimeoutStopSec=): 0 means no time-out, not an instant one.
+    usec = v.parse_timespan(text)
+    return None if usec == 0 else usec
+
+
+def _unescaped_words(conv: Callable[[str], Any]) -> Parse:
+    """Words that systemd unquotes but does not C-unescape (path lists, TemporaryFileSystem=).
+
+    A backslash there is taken literally by systemd (``\\x2fsrv`` is no absolute path), while
+    ``split_words`` would decode it; refusing it keeps the two readings from ever differing.
+    """
+    words = _words(conv)
+
+    def parse(raw: str, name: UnitName) -> Any:
+        if "\\" in raw:
+            msg = "backslash escapes are not decoded in this directive (systemd reads them as is)"
+            raise ValueError(msg)
+        return words(raw, name)
+
+    return parse
+
+
+def _plain_words(conv: Callable[[str], Any]) -> Parse:
+    """Words split at white space only, no quotes or escapes (SupplementaryGroups=, as systemd)."""
+    return lambda raw, name: tuple(conv(expand_specifiers(w, name)) for w in raw.split() if w)
+
+
 def _user(allow_numeric: bool) -> Callable[[str], str]:
     return lambda text: v.parse_user_name(text, allow_numeric=allow_numeric)
 
@@ -201,16 +249,32 @@ class Directive:
     key: str
     field: str
     parse: Parse
+    #: A list accumulates over lines and an empty assignment empties it (for fields fed by
+    #: several keys, Listen*, the whole list).
     is_list: bool = False
-    #: For fields fed by several keys (Listen*), the empty assignment still resets the whole list.
+    #: What an empty scalar assignment means, as systemd 252: "reset" to the default (only
+    #: the keys whose parser does that), "value" (an empty Description=), or "error": systemd
+    #: ignores the line and keeps the earlier value, which activator refuses to do silently.
+    empty: str = "error"
+    #: For an old name of a directive: the name to use instead (a warning says so).
+    deprecated_for: str | None = None
 
 
-def _d(section: str, key: str, field: str, parse: Parse, *, is_list: bool = False) -> Directive:
-    return Directive(section, key, field, parse, is_list)
+def _d(
+    section: str,
+    key: str,
+    field: str,
+    parse: Parse,
+    *,
+    is_list: bool = False,
+    empty: str = "error",
+    deprecated_for: str | None = None,
+) -> Directive:
+    return Directive(section, key, field, parse, is_list, empty, deprecated_for)
 
 
 _COMMON = [
-    _d("Unit", "Description", "description", _expanded(_parse_description)),
+    _d("Unit", "Description", "description", _expanded(_parse_description), empty="value"),
     _d("Install", "WantedBy", "wanted_by", _words(_parse_wanted_by), is_list=True),
 ]
 
@@ -231,18 +295,24 @@ SERVICE_DIRECTIVES: Mapping[tuple[str, str], Directive] = {
             is_list=True,
         ),
         _d("Service", "UnsetEnvironment", "unset_environment", _words(_parse_unset), is_list=True),
-        _d("Service", "WorkingDirectory", "working_directory", _expanded(_parse_working_directory)),
+        _d(
+            "Service",
+            "WorkingDirectory",
+            "working_directory",
+            _expanded(_parse_working_directory),
+            empty="reset",
+        ),
         _d("Service", "StandardInput", "standard_input", _expanded(v.parse_standard_input)),
         _d("Service", "StandardOutput", "standard_output", _expanded(v.parse_standard_output)),
         _d("Service", "StandardError", "standard_error", _expanded(v.parse_standard_output)),
         _d("Service", "DynamicUser", "dynamic_user", _BOOL),
-        _d("Service", "User", "user", _expanded(_user(True))),
-        _d("Service", "Group", "group", _expanded(_user(True))),
+        _d("Service", "User", "user", _expanded(_user(True)), empty="reset"),
+        _d("Service", "Group", "group", _expanded(_user(True)), empty="reset"),
         _d(
             "Service",
             "SupplementaryGroups",
             "supplementary_groups",
-            _words(_user(True)),
+            _plain_words(_user(True)),
             is_list=True,
         ),
         _d("Service", "PrivateTmp", "private_tmp", _BOOL),
@@ -257,15 +327,21 @@ SERVICE_DIRECTIVES: Mapping[tuple[str, str], Directive] = {
             "Service",
             "ReadWritePaths",
             "read_write_paths",
-            _words(v.parse_path_entry),
+            _unescaped_words(v.parse_path_entry),
             is_list=True,
         ),
-        _d("Service", "ReadOnlyPaths", "read_only_paths", _words(v.parse_path_entry), is_list=True),
+        _d(
+            "Service",
+            "ReadOnlyPaths",
+            "read_only_paths",
+            _unescaped_words(v.parse_path_entry),
+            is_list=True,
+        ),
         _d(
             "Service",
             "InaccessiblePaths",
             "inaccessible_paths",
-            _words(v.parse_path_entry),
+            _unescaped_words(v.parse_path_entry),
             is_list=True,
         ),
         _d("Service", "BindPaths", "bind_paths", _bind_paths, is_list=True),
@@ -274,7 +350,7 @@ SERVICE_DIRECTIVES: Mapping[tuple[str, str], Directive] = {
             "Service",
             "TemporaryFileSystem",
             "temporary_file_system",
-            _words(v.parse_tmpfs_entry),
+            _unescaped_words(v.parse_tmpfs_entry),
             is_list=True,
         ),
         _d(
@@ -316,7 +392,7 @@ SERVICE_DIRECTIVES: Mapping[tuple[str, str], Directive] = {
             _raw(v.parse_runtime_directory_preserve),
         ),
         _d("Service", "UMask", "umask", _raw(v.parse_mode)),
-        _d("Service", "Nice", "nice", _raw(v.parse_nice)),
+        _d("Service", "Nice", "nice", _raw(v.parse_nice), empty="reset"),
         *[
             _d(
                 "Service",
@@ -326,14 +402,47 @@ SERVICE_DIRECTIVES: Mapping[tuple[str, str], Directive] = {
             )
             for r in ("NOFILE", "NPROC", "AS", "CPU", "FSIZE", "CORE", "DATA", "STACK")
         ],
-        _d("Service", "MemoryMax", "memory_max", _raw(v.parse_memory_limit)),
-        _d("Service", "TasksMax", "tasks_max", _raw(v.parse_tasks_max)),
-        _d("Service", "CPUQuota", "cpu_quota", _raw(v.parse_cpu_quota)),
+        _d("Service", "MemoryMax", "memory_max", _raw(v.parse_memory_limit), empty="reset"),
+        _d("Service", "TasksMax", "tasks_max", _raw(v.parse_tasks_max), empty="reset"),
+        _d("Service", "CPUQuota", "cpu_quota", _raw(v.parse_cpu_quota), empty="reset"),
         _d("Service", "RuntimeMaxSec", "runtime_max_sec", _raw(_timespan)),
-        _d("Service", "TimeoutStopSec", "timeout_stop_sec", _raw(_timespan)),
+        _d("Service", "TimeoutStopSec", "timeout_stop_sec", _raw(_timespan_fix_0)),
         _d("Service", "KillSignal", "kill_signal", _raw(v.parse_signal)),
         _d("Service", "Restart", "restart", _raw(v.parse_restart_policy)),
         _d("Service", "RestartSec", "restart_sec", _raw(_timespan)),
+        # Old names systemd 252 still reads; after the current ones, so rendering uses those.
+        _d(
+            "Service",
+            "ReadWriteDirectories",
+            "read_write_paths",
+            _unescaped_words(v.parse_path_entry),
+            is_list=True,
+            deprecated_for="ReadWritePaths",
+        ),
+        _d(
+            "Service",
+            "ReadOnlyDirectories",
+            "read_only_paths",
+            _unescaped_words(v.parse_path_entry),
+            is_list=True,
+            deprecated_for="ReadOnlyPaths",
+        ),
+        _d(
+            "Service",
+            "InaccessibleDirectories",
+            "inaccessible_paths",
+            _unescaped_words(v.parse_path_entry),
+            is_list=True,
+            deprecated_for="InaccessiblePaths",
+        ),
+        _d(
+            "Service",
+            "MemoryLimit",
+            "memory_max",
+            _raw(v.parse_memory_limit),
+            empty="reset",
+            deprecated_for="MemoryMax",
+        ),
     ]
 }
 
@@ -344,7 +453,13 @@ SOCKET_DIRECTIVES: Mapping[tuple[str, str], Directive] = {
         *[_d("Socket", k.value, "listen", _listen(k), is_list=True) for k in v.SocketKind],
         _d("Socket", "Accept", "accept", _BOOL),
         _d("Socket", "Service", "service", _expanded(_parse_service_name)),
-        _d("Socket", "FileDescriptorName", "file_descriptor_name", _expanded(_parse_fd_name)),
+        _d(
+            "Socket",
+            "FileDescriptorName",
+            "file_descriptor_name",
+            _expanded(_parse_fd_name),
+            empty="reset",
+        ),
         _d("Socket", "MaxConnections", "max_connections", _raw(_int(1, 2**32 - 1))),
         _d(
             "Socket",
@@ -359,8 +474,8 @@ SOCKET_DIRECTIVES: Mapping[tuple[str, str], Directive] = {
         _d("Socket", "KeepAlive", "keep_alive", _BOOL),
         _d("Socket", "NoDelay", "no_delay", _BOOL),
         _d("Socket", "DeferAcceptSec", "defer_accept_sec", _raw(_finite_timespan)),
-        _d("Socket", "SocketUser", "socket_user", _expanded(_user(True))),
-        _d("Socket", "SocketGroup", "socket_group", _expanded(_user(True))),
+        _d("Socket", "SocketUser", "socket_user", _expanded(_user(True)), empty="reset"),
+        _d("Socket", "SocketGroup", "socket_group", _expanded(_user(True)), empty="reset"),
         _d("Socket", "SocketMode", "socket_mode", _raw(v.parse_mode)),
         _d("Socket", "DirectoryMode", "directory_mode", _raw(v.parse_mode)),
         _d("Socket", "RemoveOnStop", "remove_on_stop", _BOOL),
@@ -373,9 +488,9 @@ SOCKET_DIRECTIVES: Mapping[tuple[str, str], Directive] = {
     ]
 }
 
-#: systemd directives that restrict or change what a process may do. activator does not
-#: implement them, so a unit that asks for one is refused: running it without would silently
-#: grant more than its author allowed.
+#: systemd directives that restrict what a process may do or use (sandboxing, identity,
+#: resource limits). activator does not implement them, so a unit that asks for one is refused:
+#: running it without would silently grant more than its author allowed.
 UNSUPPORTED_SECURITY = frozenset(
     {
         "AmbientCapabilities",
@@ -424,5 +539,36 @@ UNSUPPORTED_SECURITY = frozenset(
         "MountImages",
         "PAMName",
         "TTYPath",
+        # file-system, network and label restrictions (systemd.exec, systemd.resource-control)
+        "NoExecPaths",
+        "ExecPaths",
+        "IPIngressFilterPath",
+        "IPEgressFilterPath",
+        "BindToDevice",
+        "SmackLabel",
+        "SmackLabelIPIn",
+        "SmackLabelIPOut",
+        "SELinuxContextFromNet",
+        # resource limits activator does not apply
+        "LimitRSS",
+        "LimitMEMLOCK",
+        "LimitLOCKS",
+        "LimitSIGPENDING",
+        "LimitMSGQUEUE",
+        "LimitNICE",
+        "LimitRTPRIO",
+        "LimitRTTIME",
+        "MemoryHigh",
+        "MemorySwapMax",
+        "IOReadBandwidthMax",
+        "IOWriteBandwidthMax",
+        "IOReadIOPSMax",
+        "IOWriteIOPSMax",
+        "BlockIOReadBandwidth",
+        "BlockIOWriteBandwidth",
+        "AllowedCPUs",
+        "AllowedMemoryNodes",
+        "CPUQuotaPeriodSec",
+        "Slice",
     }
 )

@@ -40,6 +40,15 @@ def render_scalar(value: Any) -> str:
             return str(value)
 
 
+def _quote_literal(word: str) -> str:
+    """Quote a word for directives that unquote but read backslashes as they are: runs without
+    a single quote go in single quotes, each single quote in double quotes (systemd 252 lets a
+    quote open inside a word, so the pieces make one word)."""
+    if word and not any(c in word for c in " \t\n\r'\"\\"):
+        return word
+    return '"\'"'.join(f"'{run}'" if run else "" for run in word.split("'")) or "''"
+
+
 def _escape(text: str) -> str:
     return text.replace("%", "%%")
 
@@ -47,7 +56,6 @@ def _escape(text: str) -> str:
 def _render_field(d: Directive, unit: Unit, value: Any) -> list[tuple[str, str]]:
     """The ``Key=value`` lines for one field's value (specifier-safe: ``%`` is doubled)."""
     field = d.field
-    one: Callable[[Any], str]
     if field == "listen":
         return [(x.kind.value, _escape(v.render_listen(x.address))) for x in value]
     if field == "exec_start":
@@ -65,15 +73,18 @@ def _render_field(d: Directive, unit: Unit, value: Any) -> list[tuple[str, str]]
     if field in ("bind_paths", "bind_read_only_paths"):
         # parse_bind_paths reads its own escapes, not split_words' quoting.
         return [(d.key, _escape(v.render_bind_entry(x))) for x in value]
-    renderers: Mapping[str, Callable[[Any], str]] = {
+    literal: Mapping[str, Callable[[Any], str]] = {
         "read_write_paths": v.render_path_entry,
         "read_only_paths": v.render_path_entry,
         "inaccessible_paths": v.render_path_entry,
         "temporary_file_system": v.render_tmpfs_entry,
     }
+    if field in literal:
+        return [(d.key, _escape(_quote_literal(literal[field](x)))) for x in value]
+    if field == "supplementary_groups":
+        return [(d.key, " ".join(value))]  # names: nothing to quote, and no quoting is read
     if d.is_list:
-        one = renderers.get(field, str)
-        return [(d.key, _escape(v.quote_word(one(x)))) for x in value]
+        return [(d.key, _escape(v.quote_word(str(x)))) for x in value]
     if field in ("standard_input", "standard_output", "standard_error"):
         return [(d.key, _escape(v.render_io_spec(value)))]
     if field.endswith("_mode") or field == "umask":

@@ -119,12 +119,83 @@ def test_lists_accumulate_and_an_empty_assignment_resets() -> None:
 def test_dropin_overrides_scalars_and_can_replace_exec_start() -> None:
     unit, _ = service(
         "a.service",
-        "[Service]\nExecStart=/bin/a\nUser=alice\nNice=5\n",
-        "[Service]\nExecStart=\nExecStart=/bin/b --flag\nUser=bob\nNice=\n",
+        "[Service]\nExecStart=/bin/a\nUser=alice\nNice=5\nTasksMax=10\n",
+        "[Service]\nExecStart=\nExecStart=/bin/b --flag\nUser=bob\nNice=\nTasksMax=\n",
     )
     assert unit.exec_start == (ExecCommand("/bin/b", ("/bin/b", "--flag")),)
     assert unit.user == "bob"
-    assert unit.nice is None  # the empty assignment put the default back
+    # For these keys systemd 252 puts the default back on an empty value.
+    assert unit.nice is None
+    assert unit.tasks_max == v.Percent(1500)
+
+
+@pytest.mark.parametrize("key", ["PrivateTmp", "DynamicUser", "ProtectSystem", "Type", "UMask"])
+def test_an_empty_value_never_silently_weakens_a_setting(key: str) -> None:
+    # systemd ignores "PrivateTmp=" in a drop-in and keeps the earlier value (and refuses the
+    # unit for "DynamicUser="); activator refuses the line, so nothing is reset by surprise.
+    found = errors_of(
+        "a.service",
+        f"[Service]\nExecStart=/bin/a\n{key}=yes\n".replace("Type=yes", "Type=simple")
+        .replace("UMask=yes", "UMask=0077")
+        .replace("ProtectSystem=yes", "ProtectSystem=strict"),
+        f"[Service]\n{key}=\n",
+    )
+    assert found == [
+        f"a.service.d/1.conf:2: {key}='': must not be empty (systemd would ignore the line and "
+        "keep an earlier value; remove the line, or give the value)"
+    ]
+
+
+def test_empty_description_is_a_value() -> None:
+    unit, _ = service("a.service", "[Unit]\nDescription=x\nDescription=\n[Service]\nExecStart=/a\n")
+    assert unit.description == ""
+
+
+def test_old_directive_names_still_work_with_a_warning() -> None:
+    unit, warnings = service(
+        "a.service",
+        "[Service]\nExecStart=/a\nReadOnlyDirectories=/srv\nMemoryLimit=1M\n",
+    )
+    assert unit.read_only_paths == (v.PathEntry("/srv", False),)
+    assert unit.memory_max == 1024 * 1024
+    assert [str(w) for w in warnings] == [
+        "a.service:3: ReadOnlyDirectories='/srv': ReadOnlyDirectories= is deprecated, please use "
+        "ReadOnlyPaths= instead",
+        "a.service:4: MemoryLimit='1M': MemoryLimit= is deprecated, please use MemoryMax= instead",
+    ]
+
+
+def test_timeout_stop_zero_means_no_timeout_as_in_systemd() -> None:
+    unit, _ = service("a.service", "[Service]\nExecStart=/a\nTimeoutStopSec=0\n")
+    assert unit.timeout_stop_sec is None
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("ExecStart=--/bin/true", "must be"),
+        ("ExecStart=@@/bin/true x", "must be"),
+        ("ExecStart=/bin/", "program path names a directory (got '/bin/')"),
+        ("ExecStart=..", "program must be an absolute path or a file name (got '..')"),
+        ("ReadWritePaths=\\x2fsrv", "backslash escapes are not decoded in this directive"),
+        ("TemporaryFileSystem=/a\\x20b", "backslash escapes are not decoded in this directive"),
+        ('SupplementaryGroups="adm"', "(got '\"adm\"')"),
+        ("NoExecPaths=/", "NoExecPaths= restricts the process"),
+        ("StateDirectory=a\\xffb", "must be valid UTF-8"),
+        ("Environment=A=\\xff", "must be valid UTF-8"),
+        ("ExecStart=/bin/echo \\xff", "must be valid UTF-8"),
+        ("LimitMEMLOCK=1M", "LimitMEMLOCK= restricts the process"),
+    ],
+)
+def test_values_systemd_reads_differently_are_refused(line: str, reason: str) -> None:
+    found = errors_of(
+        "a.service",
+        f"[Service]\nExecStart=/bin/a\n{line}\n".replace(
+            "ExecStart=/bin/a\nExecStart=", "ExecStart="
+        ),
+    )
+    assert len(found) == 1, found
+    assert reason in found[0]
 
 
 def test_later_environment_assignments_win() -> None:
@@ -219,9 +290,9 @@ def test_unimplemented_sandboxing_directives_are_errors() -> None:
         "a.service", "[Service]\nExecStart=/bin/a\nSystemCallFilter=@system-service\n"
     )
     assert found == [
-        "a.service:3: SystemCallFilter='@system-service': SystemCallFilter= is a sandboxing or "
-        "identity directive activator does not implement; refusing to run the unit with less "
-        "isolation than it asks for"
+        "a.service:3: SystemCallFilter='@system-service': SystemCallFilter= restricts the process "
+        "(sandboxing, identity or a resource limit) and activator does not implement it; "
+        "refusing to run the unit with less isolation than it asks for"
     ]
 
 
