@@ -89,14 +89,14 @@ class Catalog:
         Raises:
             ConfigError: when the template is unknown or broken, or the instance does not build.
         """
+        if is_masked(name, self.directories):
+            msg = "unit is masked (an empty file or a symlink to /dev/null hides it)"
+            raise ConfigError(Problem(name.name, None, None, None, msg))
         if not name.is_instance:
             msg = f"must name an instance such as {name.prefix}@NAME.{name.suffix}"
             raise ConfigError(Problem(name.name, None, None, None, msg))
         if name.name in self.units:
             return self.units[name.name]
-        if is_masked(name, self.directories):
-            msg = "unit is masked (a symlink to /dev/null)"
-            raise ConfigError(Problem(name.name, None, None, None, msg))
         template = name.template.name
         if template not in self.templates:
             why = "has errors" if template in self.failed else "is not in the units directories"

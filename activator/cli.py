@@ -153,9 +153,12 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             shown.append(catalog.templates[text])
         else:
             try:
-                shown.append(catalog.instantiate(name))
+                loaded = catalog.instantiate(name)
             except ConfigError as e:
                 problems.extend(e.problems)
+            else:
+                shown.append(loaded)
+                problems.extend(loaded.warnings)
     errors = [p for p in problems if p.is_error]
     warnings = [p for p in problems if not p.is_error]
     if args.json:
@@ -174,7 +177,7 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         out.writelines(_describe(loaded, catalog) for loaded in shown)
         if selection.show_all:
             out.writelines(
-                f"{name}: masked (a symlink to /dev/null hides it)\n"
+                f"{name}: masked (an empty file or a symlink to /dev/null hides it)\n"
                 for name in sorted(catalog.masked)
             )
         summary = (

@@ -117,7 +117,7 @@ def test_earlier_units_directory_wins_and_masking_hides_a_unit(
     assert "  runs /bin/from-etc\n" in out
     assert "from-lib" not in out
     # As systemd: a symlink to /dev/null in an earlier directory masks the unit everywhere.
-    assert "b.service: masked (a symlink to /dev/null hides it)\n" in out
+    assert "b.service: masked (an empty file or a symlink to /dev/null hides it)\n" in out
     assert "/bin/b" not in out
     assert "c.service: service" in out
     assert out.endswith("2 units checked, 0 errors, 0 warnings\n")
@@ -253,3 +253,22 @@ def test_hidden_dropins_empty_units_and_aliases_are_handled_as_systemd_does(
     assert "  runs /bin/real\n" in out  # the hidden drop-in did not reset ExecStart=
     assert "empty.service: masked" in out
     assert "t@one.service: service\n  runs /bin/t one\n" in out
+
+
+def test_naming_a_masked_unit_or_an_instance_with_a_bad_dropin_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "gone.service").symlink_to("/dev/null")
+    write(tmp_path / "t@.service", "[Service]\nExecStart=/bin/t\n")
+    write(tmp_path / "t@x.service.d" / "a.conf", "[Service]\nBogus=1\n")
+    code, out, err = run(
+        capsys, "check", str(tmp_path / "gone.service"), str(tmp_path / "t@x.service")
+    )
+    assert code == 2
+    assert err == (
+        "activator: gone.service: unit is masked (an empty file or a symlink to /dev/null hides "
+        "it)\n"
+        f"activator: warning: {tmp_path}/t@x.service.d/a.conf:2: Unknown key name 'Bogus' in "
+        "section 'Service', ignoring.\n"
+    )
+    assert out.startswith("t@x.service: service\n")
