@@ -233,7 +233,8 @@ def _parse_permyriad(text: str, *, bounded: bool) -> Percent | None:
                 msg += f" (got {text!r})"
                 raise ValueError(msg)
             too_big = len(match[1].lstrip("0")) > 10
-            value = _int(match[1] + fraction.ljust(decimals, "0")) * 10 ** (2 - decimals)
+            digits = match[1].lstrip("0")[-12:] or "0"  # only a cut when too_big anyway
+            value = _int(digits + fraction.ljust(decimals, "0")) * 10 ** (2 - decimals)
             value = _INT_MAX + 1 if too_big else value
             if value > (10000 if bounded else _INT_MAX):
                 msg = f"must be 0%..{'100' if bounded else '21474836.47'}% (got {text})"

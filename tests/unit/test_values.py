@@ -1096,3 +1096,9 @@ def test_parsers_raise_only_value_error(text: str) -> None:
             if type(error) is not ValueError or not str(error):
                 wrong.append(f"PARSERS[{index}] raised {error!r}")
     assert wrong == []
+
+
+def test_huge_percentages_are_refused_with_the_range() -> None:
+    with pytest.raises(ValueError) as e:
+        v.parse_cpu_quota("1" * 5000 + "%")
+    assert str(e.value).startswith("must be 0%..21474836.47% (got ")
