@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import attrs
 
 from activator.errors import ConfigError, Problem, Severity
-from activator.model import ServiceUnit, SocketUnit, Unit, build_service, build_socket
+from activator.model import SocketUnit, Unit, build_service, build_socket
 from activator.units import (
     UnitDirectory,
     UnitFiles,
@@ -59,7 +59,7 @@ class Catalog:
         templates: templates (``foo@.service``), each as built for ``SAMPLE_INSTANCE``.
         problems: every error and warning, in path and line order.
         failed: names of units left out because of errors.
-        masked: names of units masked (a symlink to /dev/null hides them).
+        masked: names of units masked (an empty file or a symlink to /dev/null hides them).
     """
 
     directories: tuple[UnitDirectory, ...]
@@ -70,18 +70,6 @@ class Catalog:
     problems: tuple[Problem, ...]
     failed: frozenset[str]
     masked: frozenset[str] = frozenset()
-
-    @property
-    def sockets(self) -> list[SocketUnit]:
-        return [x.unit for x in self.units.values() if isinstance(x.unit, SocketUnit)]
-
-    @property
-    def services(self) -> list[ServiceUnit]:
-        return [x.unit for x in self.units.values() if isinstance(x.unit, ServiceUnit)]
-
-    @property
-    def errors(self) -> list[Problem]:
-        return [p for p in self.problems if p.is_error]
 
     def instantiate(self, name: UnitName) -> Loaded:
         """Build one instance of a template (``foo@bar.service``), drop-ins of its own included.
@@ -192,7 +180,8 @@ def build_catalog(
         except ConfigError as e:
             problems.extend(e.problems)
             failed.add(name.name)
-    # Services first, so a socket never counts a service as there that is left out itself.
+    # Pair sockets with their services once every unit is built; a socket whose service is
+    # missing or broken is left out too.
     for table in (units, templates):
         for name_text, loaded in list(table.items()):
             if isinstance(loaded.unit, SocketUnit):
