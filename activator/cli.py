@@ -105,9 +105,11 @@ def _select(paths: Sequence[str], settings: Settings) -> _Selection:
     directories: list[str] = []
     units: list[str] = []
     problems: list[Problem] = []
+    show_all = False
     for path in paths:
         if os.path.isdir(path):
             directories.append(path)
+            show_all = True
             continue
         parent, base = os.path.split(path)
         try:
@@ -124,7 +126,6 @@ def _select(paths: Sequence[str], settings: Settings) -> _Selection:
             continue
         directories.append(parent or ".")
         units.append(name.name)
-    show_all = len(units) < len(directories)
     return _Selection(tuple(directories), tuple(units), show_all, tuple(problems))
 
 
