@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -21,3 +22,11 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail("this test needs root, and CI runs as root: a skip here would hide a gap")
     pytest.skip("needs root")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Remove the run's tmp_path directories (``--basetemp=.pytest-tmp``): a test run leaves no
+    files behind, in the checkout or under /tmp."""
+    basetemp = session.config.option.basetemp
+    if basetemp and os.path.basename(os.path.normpath(basetemp)) == ".pytest-tmp":
+        shutil.rmtree(basetemp, ignore_errors=True)
