@@ -19,7 +19,13 @@ settings.register_profile(
     derandomize=True,
     database=None,
 )
-settings.load_profile("ci" if os.environ.get("CI") == "true" else "dev")
+# A long hunt by hand: HYPOTHESIS_PROFILE=soak pytest tests/unit
+settings.register_profile(
+    "soak", max_examples=3000, suppress_health_check=[HealthCheck.too_slow], deadline=None
+)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") == "true" else "dev")
+)
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
