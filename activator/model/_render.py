@@ -53,7 +53,7 @@ def _escape(text: str) -> str:
     return text.replace("%", "%%")
 
 
-def _render_field(d: Directive, unit: Unit, value: Any) -> list[tuple[str, str]]:
+def _render_field(d: Directive, value: Any) -> list[tuple[str, str]]:
     """The ``Key=value`` lines for one field's value (specifier-safe: ``%`` is doubled)."""
     field = d.field
     if field == "listen":
@@ -63,11 +63,11 @@ def _render_field(d: Directive, unit: Unit, value: Any) -> list[tuple[str, str]]
     if field == "environment":
         return [(d.key, _escape(v.quote_word(f"{k}={val}"))) for k, val in value]
     if field in ("ip_address_allow", "ip_address_deny"):
-        return [(d.key, v.render_ip_prefixes(value))] if value else []
+        return [(d.key, v.render_ip_prefixes(value))]
     if field == "environment_files":
-        return [(d.key, _escape(("-" if x.ignore_missing else "") + x.path)) for x in value]
+        return [(d.key, _escape(v.render_path_entry(x))) for x in value]
     if field == "working_directory":
-        return [(d.key, _escape(("-" if value.ignore_missing else "") + value.path))]
+        return [(d.key, _escape(v.render_path_entry(value)))]
     if field.startswith("limit_"):
         return [(d.key, v.render_rlimit(d.key, value))]
     if field in ("bind_paths", "bind_read_only_paths"):
@@ -118,7 +118,7 @@ def _render(unit: Unit, directives: Mapping[tuple[str, str], Directive]) -> str:
             continue
         if value is None or (d.is_list and not value):
             continue
-        for key, text in _render_field(d, unit, value):
+        for key, text in _render_field(d, value):
             sections.setdefault(d.section, []).append(f"{key}={text}")
     order = ("Unit", "Socket", "Service", "Install")
     return "\n".join(f"[{s}]\n" + "\n".join(sections[s]) + "\n" for s in order if s in sections)
