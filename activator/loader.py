@@ -23,7 +23,7 @@ MAX_UNIT_FILE_BYTES = 4 * 1024 * 1024
 
 
 def _is_unit_file(name: str) -> bool:
-    return name.rpartition(".")[2] in UNIT_SUFFIXES and not name.startswith(".")
+    return name.rpartition(".")[2] in UNIT_SUFFIXES
 
 
 def scan_directory(path: str) -> tuple[UnitDirectory, list[Problem]]:

@@ -377,31 +377,34 @@ def _dropin_names(name: UnitName) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def _find_fragment(name: UnitName, directories: Sequence[UnitDirectory]) -> tuple[str | None, bool]:
+    """The fragment path of ``name`` and whether it is masked, as systemd looks them up.
+
+    The first directory holding the name decides; an instance without a file (or mask) of its
+    own falls back to its template. A mask seen first hides every later file of that name.
+    """
+    candidates = [name.name, *([name.template.name] if name.is_instance else [])]
+    for candidate in candidates:
+        for directory in directories:
+            if candidate in directory.masked:
+                return None, True
+            if candidate in directory.files:
+                return f"{directory.path}/{candidate}", False
+    return None, False
+
+
 def resolve_unit_files(name: UnitName, directories: Sequence[UnitDirectory]) -> UnitFiles | None:
     """Decide which fragment and drop-ins make up ``name``, as systemd does.
 
-    The fragment is the first directory's ``name`` file; an instance without a file of its own uses
-    its template's. Drop-ins are all ``*.conf`` files of the applicable ``.d`` directories (see
-    ``_dropin_names``) in every directory; of several files with the same name, the one in the
-    earlier directory wins and, within one directory, the more specific ``.d``; the survivors apply
-    sorted by file name.
+    The fragment comes from :func:`_find_fragment`. Drop-ins are all ``*.conf`` files of the
+    unit-specific ``.d`` directories (see ``_dropin_names``) in every directory, then of the
+    type-wide ``service.d``/``socket.d`` in every directory; of several files with the same name
+    the first in that order wins (a mask there hides it); the survivors apply sorted by name.
 
     Returns:
         None when no directory holds a fragment for the unit, or the unit is masked.
     """
-    candidates = [name.name]
-    if name.is_instance:
-        candidates.append(name.template.name)
-    fragment = None
-    for candidate in candidates:
-        for directory in directories:
-            if candidate in directory.masked:
-                return None
-            if candidate in directory.files:
-                fragment = f"{directory.path}/{candidate}"
-                break
-        if fragment is not None:
-            break
+    fragment, _ = _find_fragment(name, directories)
     if fragment is None:
         return None
     chosen: dict[str, str | None] = {}  # None: masked by a /dev/null symlink of that name
@@ -418,15 +421,9 @@ def resolve_unit_files(name: UnitName, directories: Sequence[UnitDirectory]) -> 
 
 
 def is_masked(name: UnitName, directories: Sequence[UnitDirectory]) -> bool:
-    """Whether ``name`` (or, for an instance, its template) is masked where it is first found."""
-    candidates = [name.name, *([name.template.name] if name.is_instance else [])]
-    for candidate in candidates:
-        for directory in directories:
-            if candidate in directory.masked:
-                return True
-            if candidate in directory.files:
-                break
-    return False
+    """Whether ``name`` (or, for an instance without a file of its own, its template) is masked
+    where it is first found."""
+    return _find_fragment(name, directories)[1]
 
 
 # ---------------------------------------------------------------------------------------------

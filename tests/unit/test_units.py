@@ -348,3 +348,7 @@ def test_masking_hides_a_unit_and_a_dropin_in_every_later_directory() -> None:
     assert not is_masked(parse_unit_name("a.service"), [etc, lib])
     # Behind the unit file it would mask, a mask has no effect.
     assert not is_masked(parse_unit_name("b.service"), [lib, etc])
+    # An instance with a file of its own is not masked by a mask of its template.
+    own = UnitDirectory("/own", frozenset({"t@i.service"}))
+    assert not is_masked(parse_unit_name("t@i.service"), [own, etc])
+    assert resolve_unit_files(parse_unit_name("t@i.service"), [own, etc]) is not None
