@@ -193,10 +193,6 @@ def _int(minimum: int, maximum: int) -> Callable[[str], int]:
     return lambda text: v.parse_integer(text, minimum=minimum, maximum=maximum)
 
 
-def _timespan(text: str) -> int | None:
-    return v.parse_timespan(text)
-
-
 def _finite_timespan(text: str) -> int:
     usec = v.parse_timespan(text)
     if usec is None:
@@ -405,11 +401,11 @@ SERVICE_DIRECTIVES: Mapping[tuple[str, str], Directive] = {
         _d("Service", "MemoryMax", "memory_max", _raw(v.parse_memory_limit), empty="reset"),
         _d("Service", "TasksMax", "tasks_max", _raw(v.parse_tasks_max), empty="reset"),
         _d("Service", "CPUQuota", "cpu_quota", _raw(v.parse_cpu_quota), empty="reset"),
-        _d("Service", "RuntimeMaxSec", "runtime_max_sec", _raw(_timespan)),
+        _d("Service", "RuntimeMaxSec", "runtime_max_sec", _raw(v.parse_timespan)),
         _d("Service", "TimeoutStopSec", "timeout_stop_sec", _raw(_timespan_fix_0)),
         _d("Service", "KillSignal", "kill_signal", _raw(v.parse_signal)),
         _d("Service", "Restart", "restart", _raw(v.parse_restart_policy)),
-        _d("Service", "RestartSec", "restart_sec", _raw(_timespan)),
+        _d("Service", "RestartSec", "restart_sec", _raw(v.parse_timespan)),
         # Old names systemd 252 still reads; after the current ones, so rendering uses those.
         _d(
             "Service",
@@ -479,9 +475,14 @@ SOCKET_DIRECTIVES: Mapping[tuple[str, str], Directive] = {
         _d("Socket", "SocketMode", "socket_mode", _raw(v.parse_mode)),
         _d("Socket", "DirectoryMode", "directory_mode", _raw(v.parse_mode)),
         _d("Socket", "RemoveOnStop", "remove_on_stop", _BOOL),
-        _d("Socket", "PollLimitIntervalSec", "poll_limit_interval_sec", _raw(_timespan)),
+        _d("Socket", "PollLimitIntervalSec", "poll_limit_interval_sec", _raw(v.parse_timespan)),
         _d("Socket", "PollLimitBurst", "poll_limit_burst", _raw(_int(0, 2**32 - 1))),
-        _d("Socket", "TriggerLimitIntervalSec", "trigger_limit_interval_sec", _raw(_timespan)),
+        _d(
+            "Socket",
+            "TriggerLimitIntervalSec",
+            "trigger_limit_interval_sec",
+            _raw(v.parse_timespan),
+        ),
         _d("Socket", "TriggerLimitBurst", "trigger_limit_burst", _raw(_int(0, 2**32 - 1))),
         _d("Socket", "IPAddressAllow", "ip_address_allow", _raw(v.parse_ip_prefixes), is_list=True),
         _d("Socket", "IPAddressDeny", "ip_address_deny", _raw(v.parse_ip_prefixes), is_list=True),

@@ -13,7 +13,7 @@ from typing import TypeAlias
 import attrs
 
 from activator import values as v
-from activator.units import UnitName
+from activator.units import SYSTEM_DIRECTORIES, UnitName
 
 IPNetwork: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -126,13 +126,14 @@ class ServiceUnit:
     def directory_environment(self) -> Mapping[str, str]:
         """``RUNTIME_DIRECTORY`` and friends as systemd sets them: public paths, ``:``-joined."""
         out = {}
-        for var, base, dirs in (
-            ("RUNTIME_DIRECTORY", "/run", self.runtime_directory),
-            ("STATE_DIRECTORY", "/var/lib", self.state_directory),
-            ("CACHE_DIRECTORY", "/var/cache", self.cache_directory),
-            ("LOGS_DIRECTORY", "/var/log", self.logs_directory),
+        for var, specifier, dirs in (
+            ("RUNTIME_DIRECTORY", "t", self.runtime_directory),
+            ("STATE_DIRECTORY", "S", self.state_directory),
+            ("CACHE_DIRECTORY", "C", self.cache_directory),
+            ("LOGS_DIRECTORY", "L", self.logs_directory),
         ):
             if dirs:
+                base = SYSTEM_DIRECTORIES[specifier]  # the same roots as %t %S %C %L
                 out[var] = ":".join(f"{base}/{d}" for d in dirs)
         return out
 
