@@ -19,9 +19,10 @@ a failure report (``mount /var/lib/private: Permission denied``):
    later mount can cover them), then apply :attr:`SpawnPlan.mounts` in order.
 4. ``rlimit``, ``nice``, ``umask``, ``fds`` (each passed descriptor to its target numbers,
    every other descriptor closed, unmapped 0/1/2 to ``/dev/null``), ``chdir``.
-5. ``privileges``: drop the capability bounding set, ``setgroups``, ``setresgid``,
+5. ``session``: ``setsid``, and ``TIOCSCTTY`` on fd 0 with ``controlling_tty``.
+6. ``privileges``: drop the capability bounding set, ``setgroups``, ``setresgid``,
    ``setresuid`` (by number), ``no_new_privs``.
-6. ``exec``: ``execve`` of :attr:`SpawnPlan.path` (a bare name is searched in ``PATH`` of the
+7. ``exec``: ``execve`` of :attr:`SpawnPlan.path` (a bare name is searched in ``PATH`` of the
    plan's environment, inside the sandbox).
 """
 
@@ -127,6 +128,9 @@ class SpawnPlan:
         no_new_privileges: set ``PR_SET_NO_NEW_PRIVS``.
         keep_capabilities: False drops every capability (bounding set included) before exec;
             True only for a root handler that is not sandboxed (User=root, no DynamicUser).
+        controlling_tty: fd 0 is a terminal that becomes the handler's controlling terminal
+            (``setsid`` then ``TIOCSCTTY``): ``activator run --pty``. Every handler gets a
+            session of its own (``setsid``) either way.
     """
 
     invocation: str
@@ -151,6 +155,7 @@ class SpawnPlan:
     fd_map: tuple[tuple[int, int], ...] = ()
     no_new_privileges: bool = True
     keep_capabilities: bool = False
+    controlling_tty: bool = False
 
 
 _T = TypeVar("_T")
@@ -212,6 +217,7 @@ def plan_from_wire(wire: Mapping[str, object]) -> SpawnPlan:
             fd_map=tuple(_pair(item, _int) for item in _list(wire["fd_map"])),
             no_new_privileges=_bool(wire["no_new_privileges"]),
             keep_capabilities=_bool(wire["keep_capabilities"]),
+            controlling_tty=_bool(wire["controlling_tty"]),
         )
     except (TypeError, KeyError) as error:
         raise ValueError(str(error)) from error
