@@ -1,0 +1,425 @@
+"""The spawner, for real: handlers forked into their own namespaces as UIDs 65000-65100.
+
+Every test starts its own spawner process and reads what its handlers print through a pipe
+passed in the plan's ``fd_map``. The UIDs have no NSS names (the sandbox needs none), and each
+test checks that nothing of its UID runs once the handler is reported gone.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import attrs
+import pytest
+import trio
+
+from activator.sandbox import Mount, MountKind, RLimitSetting, SpawnPlan
+from activator.spawner import SCRIPT, ExitStatus, Spawner, SpawnerDied, SpawnFailed
+
+pytestmark = pytest.mark.root
+
+#: What a DynamicUser=yes service gets, give or take the directories: a read-only system, a
+#: minimal /dev, a private /tmp and a /proc for its own PID namespace.
+SANDBOX = (
+    Mount(MountKind.READ_ONLY, "/"),
+    Mount(MountKind.DEVICES, "/dev"),
+    Mount(MountKind.TMPFS, "/dev/shm", options="mode=1777"),
+    Mount(MountKind.MQUEUE, "/dev/mqueue"),
+    Mount(MountKind.TMPFS, "/tmp", options="mode=1777"),
+    Mount(MountKind.PROC, "/proc", noexec=True),
+)
+
+
+def plan_of(*argv: str, uid: int = 65042, **changes: object) -> SpawnPlan:
+    """A sandboxed plan running ``argv`` as ``uid``, stdout and stderr on passed descriptor 0."""
+    plan = SpawnPlan(
+        invocation=uuid.uuid4().hex,
+        unit="test-spawner.service",
+        path=argv[0],
+        argv=argv,
+        env=(("PATH", "/usr/bin:/bin"),),
+        uid=uid,
+        gid=uid,
+        mounts=SANDBOX,
+        fd_map=((1, 0), (2, 0)),
+    )
+    return attrs.evolve(plan, **changes)  # type: ignore[arg-type]
+
+
+def processes_of(uid: int, *, zombies: bool = True) -> list[int]:
+    """The processes whose real or effective UID is ``uid`` (with or without zombies)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{name}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        zombie = fields["State"].strip().startswith("Z")
+        if str(uid) in fields["Uid"].split()[:2] and (zombies or not zombie):
+            found.append(int(name))
+    return found
+
+
+def children_of(pid: int) -> list[int]:
+    """The child processes of ``pid`` (a single-threaded process)."""
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+async def eventually(condition: Callable[[], object], *, seconds: float = 10.0) -> None:
+    """Poll ``condition`` until it holds, for at most ``seconds``: what it looks at
+    (/proc, a counter) offers nothing to wait on."""
+    with trio.fail_after(seconds):
+        while not condition():  # noqa: ASYNC110 (nothing to wait on; polled with a deadline)
+            await trio.sleep(0.01)
+
+
+async def read_all(fd: int) -> str:
+    """Everything written to the pipe ``fd`` until every writer is gone; closes ``fd``."""
+    chunks = []
+    async with trio.lowlevel.FdStream(fd) as stream:
+        while chunk := await stream.receive_some():
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+async def run(spawner: Spawner, plan: SpawnPlan) -> tuple[str, ExitStatus]:
+    """Spawn ``plan`` with a pipe on passed descriptor 0; its output and its exit status."""
+    read_end, write_end = os.pipe()
+    try:
+        handler = await spawner.spawn(plan, [write_end])
+    except BaseException:
+        os.close(read_end)
+        raise
+    finally:
+        os.close(write_end)
+    output = await read_all(read_end)
+    status = await handler.wait()
+    assert processes_of(plan.uid) == []
+    return output, status
+
+
+@pytest.fixture
+async def spawner(nursery: trio.Nursery) -> AsyncIterator[Spawner]:
+    spawner = Spawner.launch()
+    await nursery.start(spawner.serve)
+    yield spawner
+    await spawner.aclose()
+
+
+async def test_handler_runs_as_the_plan_ids(spawner: Spawner) -> None:
+    output, status = await run(spawner, plan_of("sh", "-c", "id -u; id -g; id -G", uid=65001))
+    assert output == "65001\n65001\n65001\n"
+    assert status == ExitStatus(0, None)
+    assert str(status) == "exited 0"
+
+
+async def test_handler_sees_only_its_own_processes(spawner: Spawner) -> None:
+    output, _ = await run(spawner, plan_of("sh", "-c", "echo $$; ls /proc | grep -x '[0-9]*'"))
+    own_pid, *listed = output.split()
+    assert own_pid == "1"
+    # sh itself, ls and grep: nothing of the host, nothing of other handlers.
+    assert "1" in listed
+    assert len(listed) <= 3
+
+
+async def test_root_is_read_only_and_tmp_is_private(spawner: Spawner) -> None:
+    name = f"activator-test-{uuid.uuid4().hex}"
+    script = f"touch /etc/{name}; ls -A /tmp | wc -l; echo hello > /tmp/{name} && cat /tmp/{name}"
+    output, status = await run(spawner, plan_of("sh", "-c", script))
+    assert output == f"touch: cannot touch '/etc/{name}': Read-only file system\n0\nhello\n"
+    assert status.code == 0
+    assert not exists(f"/etc/{name}")
+    assert not exists(f"/tmp/{name}")
+
+
+async def test_exec_of_a_missing_program_fails_with_its_stage_and_errno(spawner: Spawner) -> None:
+    with pytest.raises(SpawnFailed) as failed:
+        await run(spawner, plan_of("/usr/bin/nonexistent"))
+    assert (failed.value.stage, failed.value.errno) == ("exec", errno.ENOENT)
+    assert str(failed.value) == "exec /usr/bin/nonexistent: No such file or directory"
+    assert failed.value.unit == "test-spawner.service"
+
+
+async def test_a_bare_name_is_searched_in_the_plans_path(spawner: Spawner) -> None:
+    with pytest.raises(SpawnFailed) as failed:
+        await run(spawner, plan_of("id", env=(("PATH", "/nowhere:/either"),)))
+    assert str(failed.value) == "exec id: No such file or directory"
+    output, _ = await run(spawner, plan_of("id", "-u", env=(("PATH", "/nowhere:/usr/bin"),)))
+    assert output == "65042\n"
+
+
+async def test_missing_bind_source_fails_in_the_mount_stage(
+    spawner: Spawner, tmp_path: Path
+) -> None:
+    missing = tmp_path / "missing"
+    bind = Mount(MountKind.BIND, "/mnt", source=str(missing))
+    with pytest.raises(SpawnFailed) as failed:
+        await run(spawner, plan_of("true", mounts=(*SANDBOX, bind)))
+    assert (failed.value.stage, failed.value.errno) == ("mount", errno.ENOENT)
+    assert str(failed.value) == f"mount {missing}: No such file or directory"
+    # The same bind marked optional ("-" prefix) is skipped.
+    output, status = await run(
+        spawner, plan_of("true", mounts=(*SANDBOX, attrs.evolve(bind, optional=True)))
+    )
+    assert (output, status.code) == ("", 0)
+
+
+async def test_missing_working_directory_fails_in_the_chdir_stage(spawner: Spawner) -> None:
+    with pytest.raises(SpawnFailed) as failed:
+        await run(spawner, plan_of("true", working_directory="/nonexistent"))
+    assert str(failed.value) == "chdir /nonexistent: No such file or directory"
+    output, _ = await run(
+        spawner,
+        plan_of("pwd", working_directory="/nonexistent", working_directory_optional=True),
+    )
+    assert output == "/\n"
+
+
+async def test_exit_codes_and_signals_are_reported(spawner: Spawner) -> None:
+    _, status = await run(spawner, plan_of("sh", "-c", "exit 3"))
+    assert (status, str(status)) == (ExitStatus(3, None), "exited 3")
+    crash = "import ctypes; ctypes.string_at(0)"
+    _, status = await run(spawner, plan_of("/usr/bin/python3", "-c", crash))
+    assert (status, str(status)) == (ExitStatus(None, signal.SIGSEGV), "killed by SIGSEGV")
+    # The handler is PID 1 of its namespace: a signal it has no handler for does not reach it,
+    # not even from itself (only SIGKILL and SIGSTOP from outside, and real faults, do).
+    _, status = await run(spawner, plan_of("sh", "-c", "kill -SEGV $$; exit 4"))
+    assert status == ExitStatus(4, None)
+
+
+async def test_kill_stops_a_running_handler(spawner: Spawner) -> None:
+    read_end, write_end = os.pipe()
+    handler = await spawner.spawn(plan_of("sh", "-c", "echo up; exec sleep 1000"), [write_end])
+    os.close(write_end)
+    async with trio.lowlevel.FdStream(read_end) as stream:
+        assert await stream.receive_some() == b"up\n"
+        await handler.kill()
+        assert await handler.wait() == ExitStatus(None, signal.SIGKILL)
+        assert await stream.receive_some() == b""
+    assert processes_of(65042) == []
+    await handler.kill()  # gone: nothing to do, no error
+
+
+async def test_a_double_forked_daemon_dies_with_its_handler(spawner: Spawner) -> None:
+    script = "setsid sh -c 'sleep 1000' </dev/null >/dev/null 2>&1 & echo forked"
+    output, status = await run(spawner, plan_of("sh", "-c", script, uid=65003))
+    assert (output, status.code) == ("forked\n", 0)
+    assert processes_of(65003) == []  # run() checked it too, right after the exit report
+
+
+async def test_a_setuid_root_binary_cannot_regain_root(spawner: Spawner, tmp_path: Path) -> None:
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    folder.chmod(0o755)
+    shutil.copy2("/usr/bin/id", folder / "id")
+    os.chown(folder / "id", 0, 0)
+    (folder / "id").chmod(0o4755)
+    # nosuid off on purpose: no_new_privileges alone must keep the UID.
+    bind = Mount(MountKind.BIND_READ_ONLY, "/mnt", source=str(folder), nosuid=False)
+    plan = plan_of("/mnt/id", "-u", mounts=(*SANDBOX, bind), uid=65004)
+    output, _ = await run(spawner, plan)
+    assert output == "65004\n"
+    # The control: without no_new_privileges that binary does make the handler root.
+    output, _ = await run(spawner, attrs.evolve(plan, no_new_privileges=False))
+    assert output == "0\n"
+
+
+async def test_descriptors_land_on_their_targets_and_nothing_else_is_open(
+    spawner: Spawner, tmp_path: Path
+) -> None:
+    (tmp_path / "in").write_text("from descriptor 3\n")
+    read_end, write_end = os.pipe()
+    source = os.open(tmp_path / "in", os.O_RDONLY)
+    script = "cat <&3; echo to-4 >&4; echo $LISTEN_PID; ls /proc/$$/fd | tr '\\n' ' '"
+    # Passed descriptor 0 (the pipe) lands on 1 and 4, passed descriptor 1 (the file) on 3:
+    # targets collide with whatever numbers the sources have in the spawner.
+    plan = plan_of(
+        "sh",
+        "-c",
+        script,
+        fd_map=((4, 0), (3, 1), (1, 0)),
+        env=(("PATH", "/usr/bin:/bin"), ("LISTEN_FDS", "2"), ("LISTEN_PID", "")),
+    )
+    try:
+        handler = await spawner.spawn(plan, [write_end, source])
+    finally:
+        os.close(write_end)
+        os.close(source)
+    output = await read_all(read_end)
+    assert await handler.wait() == ExitStatus(0, None)
+    assert output == "from descriptor 3\nto-4\n1\n0 1 2 3 4 "
+
+
+async def test_mounts_limits_umask_nice_and_directory(spawner: Spawner, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    (state / "frozen").mkdir(parents=True)
+    os.chown(state, 65005, 65005)
+    os.chown(state / "frozen", 65005, 65005)
+    mounts = (
+        *SANDBOX,
+        Mount(MountKind.TMPFS, "/run", options="mode=0755"),
+        Mount(MountKind.MKDIR, "/run/state", options="0700"),
+        Mount(MountKind.SYMLINK, "/run/link", source="state"),
+        Mount(MountKind.BIND, "/run/state", source=str(state)),
+        # /run and all below it read-only, then /run/state writable again, but not its
+        # "frozen" folder (no mount point of its own: it is first bound onto itself).
+        Mount(MountKind.READ_ONLY, "/run"),
+        Mount(MountKind.READ_WRITE, "/run/state"),
+        Mount(MountKind.READ_ONLY, "/run/state/frozen"),
+        Mount(MountKind.INACCESSIBLE, "/etc/passwd"),
+        Mount(MountKind.INACCESSIBLE, "/var"),
+        Mount(MountKind.INACCESSIBLE, "/nonexistent", optional=True),
+    )
+    script = (
+        "echo written > /run/link/file; ulimit -n; umask; nice; pwd;"
+        " cat /etc/passwd; ls /var; ls -ld /var /etc/passwd | cut -c1-10;"
+        " touch /run/state/frozen/file"
+    )
+    plan = plan_of(
+        "sh",
+        "-c",
+        script,
+        uid=65005,
+        mounts=mounts,
+        rlimits=(RLimitSetting(7, 64, 64),),  # RLIMIT_NOFILE
+        umask=0o027,
+        nice=5,
+        working_directory="/run/state",
+    )
+    output, status = await run(spawner, plan)
+    assert output.splitlines() == [
+        "64",
+        "0027",
+        "5",
+        "/run/state",
+        "cat: /etc/passwd: Permission denied",
+        "ls: cannot open directory '/var': Permission denied",
+        "----------",  # ls sorts: /etc/passwd, then /var
+        "d---------",
+        "touch: cannot touch '/run/state/frozen/file': Read-only file system",
+    ]
+    assert status.code == 1
+    written = state / "file"
+    assert written.read_text() == "written\n"
+    assert (written.stat().st_uid, stat.S_IMODE(written.stat().st_mode)) == (65005, 0o640)
+
+
+async def test_private_network_has_only_loopback_and_it_is_up(spawner: Spawner) -> None:
+    script = (
+        "import socket; s = socket.create_server(('127.0.0.1', 0));"
+        " socket.create_connection(s.getsockname()).close();"
+        " print(sorted(line.split(':')[0].strip() for line in open('/proc/net/dev')"
+        " if ':' in line))"
+    )
+    output, status = await run(spawner, plan_of("/usr/bin/python3", "-c", script, new_net=True))
+    assert (output, status.code) == ("['lo']\n", 0)
+
+
+async def test_many_concurrent_spawns_all_report(spawner: Spawner) -> None:
+    limiter = trio.CapacityLimiter(16)
+    statuses: list[ExitStatus] = []
+
+    async def one(uid: int) -> None:
+        async with limiter:
+            handler = await spawner.spawn(plan_of("/bin/true", uid=uid, fd_map=()))
+            statuses.append(await handler.wait())
+
+    async with trio.open_nursery() as nursery:
+        for number in range(200):
+            nursery.start_soon(one, 65010 + number % 50)
+    assert statuses == [ExitStatus(0, None)] * 200
+    assert [pid for uid in range(65010, 65060) for pid in processes_of(uid)] == []
+
+
+async def test_a_dead_spawner_is_restarted_and_its_handlers_die_with_it(
+    spawner: Spawner,
+) -> None:
+    handler = await spawner.spawn(plan_of("sleep", "1000", uid=65006, fd_map=()))
+    assert processes_of(65006) == [handler.pid]
+    old = spawner.pid
+    os.kill(old, signal.SIGKILL)
+    with pytest.raises(SpawnerDied):
+        await handler.wait()
+    assert processes_of(65006, zombies=False) == []
+    # Its spawner gone, the dead handler is the host init's to reap, not ours.
+    await eventually(lambda: not processes_of(65006))
+    await eventually(lambda: spawner.restarts == 1, seconds=20)
+    assert spawner.pid != old
+    output, _ = await run(spawner, plan_of("id", "-u", uid=65006))
+    assert output == "65006\n"
+
+
+async def test_a_cancelled_spawn_leaves_no_child(spawner: Spawner, tmp_path: Path) -> None:
+    # The child blocks for good writing its "cgroup.procs", a FIFO nobody reads.
+    fifo = tmp_path / "cgroup.procs"
+    os.mkfifo(fifo)
+    with trio.CancelScope() as scope:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(spawner.spawn, plan_of("true", cgroup_procs=(str(fifo),)))
+            await eventually(lambda: children_of(spawner.pid))
+            scope.cancel()
+    await eventually(lambda: not children_of(spawner.pid))
+    output, _ = await run(spawner, plan_of("id", "-u"))
+    assert output == "65042\n"
+
+
+async def test_a_spawn_in_flight_when_the_spawner_dies_fails_and_its_child_dies(
+    spawner: Spawner, tmp_path: Path
+) -> None:
+    fifo = tmp_path / "cgroup.procs"
+    os.mkfifo(fifo)
+    old = spawner.pid
+
+    async def kill_the_spawner_once_its_child_is_stuck() -> None:
+        await eventually(lambda: children_of(old))
+        stuck.extend(children_of(old))
+        os.kill(old, signal.SIGKILL)
+
+    stuck: list[int] = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(kill_the_spawner_once_its_child_is_stuck)
+        with pytest.raises(SpawnerDied):
+            await spawner.spawn(plan_of("true", cgroup_procs=(str(fifo),)))
+    # The child was blocked opening the FIFO: its parent-death signal killed it.
+    await eventually(lambda: not any(exists(f"/proc/{pid}") for pid in stuck))
+
+
+async def test_aclose_kills_running_handlers_and_reports_them(spawner: Spawner) -> None:
+    handler = await spawner.spawn(plan_of("sleep", "1000", uid=65007, fd_map=()))
+    pid = spawner.pid
+    await spawner.aclose()
+    assert await handler.wait() == ExitStatus(None, signal.SIGKILL)
+    assert processes_of(65007) == []
+    assert not exists(f"/proc/{pid}")
+    with pytest.raises(SpawnerDied):
+        await spawner.spawn(plan_of("true"))
+
+
+def test_the_spawner_process_imports_neither_trio_nor_the_unit_model() -> None:
+    # A bad argument makes it exit right after its imports.
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", SCRIPT, "not-a-descriptor"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+    assert {"activator.sandbox", "activator.spawner._server", "attrs"} <= imported
+    assert not {"trio", "activator.model"} & imported
