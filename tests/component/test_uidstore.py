@@ -631,7 +631,9 @@ def test_bypass_own_userdb_hides_our_users_from_this_process_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     name, uid = "act-uidstore-dyn", BLOCK[-3]
-    monkeypatch.delenv("SYSTEMD_BYPASS_USERDB", raising=False)
+    # setenv first: delenv of an unset variable records nothing, and bypass_own_userdb() sets it
+    monkeypatch.setenv("SYSTEMD_BYPASS_USERDB", "")
+    monkeypatch.delenv("SYSTEMD_BYPASS_USERDB")
     with fake_userdb(name, uid):
         # nss-systemd asks our socket: getent and this process see the dynamic user...
         seen = getent("passwd", name)
@@ -668,7 +670,8 @@ def test_bypass_own_userdb_keeps_what_the_environment_bypasses(
     monkeypatch: pytest.MonkeyPatch, before: str | None, after: str
 ) -> None:
     if before is None:
-        monkeypatch.delenv("SYSTEMD_BYPASS_USERDB", raising=False)
+        monkeypatch.setenv("SYSTEMD_BYPASS_USERDB", "")
+        monkeypatch.delenv("SYSTEMD_BYPASS_USERDB")
     else:
         monkeypatch.setenv("SYSTEMD_BYPASS_USERDB", before)
     uidstore.bypass_own_userdb()
