@@ -60,6 +60,13 @@ def _reject_control(text: str) -> str:
     return text
 
 
+def _reject_nul(text: str) -> str:
+    if "\0" in text:
+        msg = "must not contain a NUL character"
+        raise ValueError(msg)
+    return text
+
+
 def _parse_exec(raw: str, name: UnitName) -> tuple[ExecCommand]:
     # systemd's config_parse_exec: prefixes, then words, then specifiers per word.
     words = v.split_words(raw)
@@ -95,8 +102,10 @@ def _parse_exec(raw: str, name: UnitName) -> tuple[ExecCommand]:
     if ";" in words:
         msg = "several commands on one line (';') are not supported; use one ExecStart= per command"
         raise ValueError(msg)
-    expanded = [_reject_control(_utf8(expand_specifiers(w, name))) for w in words]
-    path = expanded[0]
+    # Arguments may hold any character but NUL (a newline in `sh -c` scripts is common, and
+    # systemd allows it); the program path may hold no control character.
+    expanded = [_reject_nul(_utf8(expand_specifiers(w, name))) for w in words]
+    path = _reject_control(expanded[0])
     if "/" in path:
         if path.endswith("/"):
             msg = f"program path names a directory (got {path!r})"

@@ -96,6 +96,7 @@ from ._paths import validate_absolute_path as validate_absolute_path
 from ._paths import validate_relative_directory as validate_relative_directory
 from ._words import parse_env_assignment as parse_env_assignment
 from ._words import parse_env_name as parse_env_name
+from ._words import parse_environment_file as parse_environment_file
 from ._words import parse_user_name as parse_user_name
 from ._words import quote_word as quote_word
 from ._words import split_words as split_words

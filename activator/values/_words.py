@@ -178,3 +178,94 @@ def parse_env_assignment(word: str) -> tuple[str, str]:
         msg = f"value of {name} must be UTF-8 without control characters but tab and newline"
         raise ValueError(msg)
     return parse_env_name(name), value
+
+
+# --- EnvironmentFile= ---------------------------------------------------------------------------
+
+# Characters a backslash escapes inside double quotes (systemd's SHELL_NEED_ESCAPE).
+_ENV_FILE_ESCAPES: Final = '"\\`$'
+
+
+def parse_environment_file(text: str) -> list[tuple[str, str]]:
+    """Read an ``EnvironmentFile=`` as systemd's ``load_env_file()`` does.
+
+    Lines are ``KEY=VALUE``; blank lines and lines starting with ``#`` or ``;`` are comments;
+    whitespace around the key and before the value is dropped, and after an unquoted value;
+    ``'...'`` quotes literally, ``"..."`` honours backslash before ``" \\ ` $`` and before a
+    newline; a backslash outside quotes escapes the next character, and before a newline
+    continues the line.
+
+    Raises:
+        ValueError: ``line N: ...`` for a line without ``=``, an invalid variable name or an
+            unterminated quote.
+    """
+    out: list[tuple[str, str]] = []
+    pos, line, size = 0, 1, len(text)
+    while pos < size:
+        start_line = line
+        char = text[pos]
+        if char in " \t\r":
+            pos += 1
+            continue
+        if char == "\n":
+            pos, line = pos + 1, line + 1
+            continue
+        if char in "#;":
+            end = text.find("\n", pos)
+            pos = size if end < 0 else end
+            continue
+        end = text.find("=", pos)
+        newline = text.find("\n", pos)
+        if end < 0 or (0 <= newline < end):
+            msg = f"line {start_line}: expected KEY=VALUE"
+            raise ValueError(msg)
+        key = text[pos:end].strip(" \t\r")
+        try:
+            parse_env_name(key)
+        except ValueError as error:
+            msg = f"line {start_line}: {error}"
+            raise ValueError(msg) from error
+        pos = end + 1
+        while pos < size and text[pos] in " \t\r":
+            pos += 1
+        value: list[str] = []
+        trailing = 0  # unquoted whitespace at the end of value, dropped at the line's end
+        while pos < size and text[pos] != "\n":
+            char = text[pos]
+            if char == "\\":
+                if pos + 1 < size and text[pos + 1] == "\n":
+                    pos, line = pos + 2, line + 1
+                    continue
+                if pos + 1 < size:
+                    value.append(text[pos + 1])
+                trailing = 0
+                pos += 2
+            elif char in "'\"":
+                close = pos + 1
+                while close < size and text[close] != char:
+                    if char == '"' and text[close] == "\\" and close + 1 < size:
+                        following = text[close + 1]
+                        if following == "\n":
+                            line += 1
+                        elif following in _ENV_FILE_ESCAPES:
+                            value.append(following)
+                        else:
+                            value.append("\\" + following)
+                        close += 2
+                        continue
+                    if text[close] == "\n":
+                        line += 1
+                    value.append(text[close])
+                    close += 1
+                if close >= size:
+                    msg = f"line {start_line}: unterminated {char} quote"
+                    raise ValueError(msg)
+                trailing = 0
+                pos = close + 1
+            else:
+                value.append(char)
+                trailing = trailing + 1 if char in " \t\r" else 0
+                pos += 1
+        text_value = "".join(value)
+        out.append((key, text_value[: len(text_value) - trailing] if trailing else text_value))
+    return out

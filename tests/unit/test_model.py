@@ -68,6 +68,18 @@ def test_plain_dynamic_user_service_gets_systemds_implied_sandbox() -> None:
     assert unit.standard_output == v.IOSpec("journal")
 
 
+def test_exec_arguments_may_hold_newlines_but_not_the_program_or_nul() -> None:
+    unit, _ = service("x.service", '[Service]\nExecStart=/bin/sh -c "echo a\\necho b"\n')
+    assert unit.exec_start[0].argv == ("/bin/sh", "-c", "echo a\necho b")
+    assert service("x.service", render_service(unit))[0] == unit
+    assert errors_of("x.service", '[Service]\nExecStart="/bin/s\\th"\n') == [
+        "x.service:2: ExecStart='\"/bin/s\\\\th\"': must not contain control characters"
+    ]
+    assert errors_of("x.service", '[Service]\nExecStart=/bin/echo "a\\x00"\n')[0].endswith(
+        "invalid escape '\\x00'"
+    )
+
+
 def test_waldo_socket_pairs_with_a_template_per_connection() -> None:
     sock, _ = socket("waldo.socket", "[Socket]\nListenStream=2048\nAccept=yes\n")
     assert sock.listen == (Listen(v.SocketKind.STREAM, v.InetListen(None, 2048, None)),)
