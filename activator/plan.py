@@ -718,12 +718,12 @@ def _temporary_file_system(path: str, options: str) -> _Step:
 def _directories(service: ServiceUnit) -> list[_Step]:
     """Runtime, state, cache and logs directories, each bound writable onto itself.
 
-    With DynamicUser=yes the state, cache and logs directories live below the boundary
-    directory (``/var/lib/private``); in the sandbox it is covered by an empty tmpfs (0755,
-    noexec, sealed read-only at the end) that holds only this unit's directories, bound from
-    the host at their real paths, as systemd's EMPTY_DIR and compile_bind_mounts() do. The
-    public symlinks (``/var/lib/NAME -> private/NAME``) are the host's, made by
-    :mod:`activator.directories`.
+    With DynamicUser=yes the state, cache and logs directories (and a preserved runtime
+    directory) live below the boundary directory (``/var/lib/private``, ``/run/private``); in
+    the sandbox it is covered by an empty tmpfs (0755, noexec, sealed read-only at the end)
+    that holds only this unit's directories, bound from the host at their real paths, as
+    systemd's EMPTY_DIR and compile_bind_mounts() do. The public symlinks (``/var/lib/NAME ->
+    private/NAME``) are the host's, made by :mod:`activator.directories`.
     """
     out: list[_Step] = []
     for kind, _, field, specifier in _DIRECTORY_KINDS:
@@ -731,7 +731,10 @@ def _directories(service: ServiceUnit) -> list[_Step]:
         if not names:
             continue
         base = SYSTEM_DIRECTORIES[specifier]
-        if service.dynamic_user and kind != "runtime":
+        preserved = service.runtime_directory_preserve is not v.RuntimeDirectoryPreserve.NO
+        if service.dynamic_user and (kind != "runtime" or preserved):
+            # A preserved runtime directory outlives the UID, so it lives behind /run/private,
+            # as systemd does (activator.directories makes the host side).
             base += "/private"
             mount = Mount(MountKind.TMPFS, base, options="mode=0755", noexec=True)
             out.append(_Step(mount, _EMPTY_DIR, seal=True))
