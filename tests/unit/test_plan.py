@@ -151,6 +151,8 @@ def writable_named(service: ServiceUnit) -> set[str]:
     if service.private_tmp:
         out |= {"/tmp", "/var/tmp"}
     bases = {"state": "/var/lib/", "cache": "/var/cache/", "logs": "/var/log/"}
+    if service.runtime_directory_preserve is not v.RuntimeDirectoryPreserve.NO:
+        bases["runtime"] = "/run/"  # a preserved runtime directory outlives the UID: private
     for kind, paths in public_directories(service).items():
         for path in paths:
             if service.dynamic_user and kind in bases:  # the real directory, not the symlink
@@ -746,3 +748,11 @@ def test_public_directories() -> None:
         "runtime": ("/run/r",),
         "state": ("/var/lib/a", "/var/lib/b/c"),
     }
+
+
+def test_a_preserved_runtime_directory_of_a_dynamic_user_is_bound_from_run_private() -> None:
+    service = unit("DynamicUser=yes", "RuntimeDirectory=keep", "RuntimeDirectoryPreserve=yes")
+    mounts = plan(service).mounts
+    assert Mount(BIND, "/run/private/keep", source="/run/private/keep") in mounts
+    assert Mount(TMPFS, "/run/private", options="mode=0755", noexec=True) in mounts
+    assert not [m for m in mounts if m.target == "/run/keep"]
