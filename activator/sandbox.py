@@ -22,7 +22,9 @@ a failure report (``mount /var/lib/private: Permission denied``):
 5. ``session``: ``setsid``, and ``TIOCSCTTY`` on fd 0 with ``controlling_tty``.
 6. ``privileges``: drop the capability bounding set, ``setgroups``, ``setresgid``,
    ``setresuid`` (by number), ``no_new_privs``.
-7. ``exec``: ``execve`` of :attr:`SpawnPlan.path` (a bare name is searched in ``PATH`` of the
+7. ``keyring``: join a new session keyring, owned by the handler's UID (systemd's
+   ``KeyringMode=private``), so no handler reaches another's keys or the activator's.
+8. ``exec``: ``execve`` of :attr:`SpawnPlan.path` (a bare name is searched in ``PATH`` of the
    plan's environment, inside the sandbox).
 """
 

@@ -13,9 +13,11 @@ systemd lock file we do not hold.
 
 Rule 3: a UID is in use while a process runs with it (real, effective, saved or filesystem UID or
 GID, or a supplementary group: GID and UID share the number), while a SysV IPC object, a POSIX
-shared memory file or message queue is owned or was created by it, or while NSS knows a user, a
-group or a user's primary group with that number. The probes report the first reason in that
-order: PROCESS, IPC, NSS.
+shared memory file or message queue is owned or was created by it, while it owns a kernel key
+other than its two bare user keyrings (kernel keys count as an IPC object, as systemd's RemoveIPC
+scope counts what a UID leaves in the kernel), or while NSS knows a user, a group or a user's
+primary group with that number. The probes report the first reason in that order: PROCESS, IPC,
+NSS.
 
 Rule 4: every function here blocks (files, ``/proc``, NSS): the async layer calls them in worker
 threads. NSS lookups from this process must never resolve activator's own dynamic users, which
@@ -26,7 +28,22 @@ our file; :func:`update` rewrites it once the cgroup is known; :func:`release` u
 At start, :func:`find_stale` locks every lease file nobody holds (the leftovers of a crash) and
 reports the UIDs whose locks live processes hold. :func:`scan` checks a whole range in one pass per
 source; :func:`probe` checks one UID. :func:`remove_ipc` is RemoveIPC= on the host, for a UID being
-released.
+released; :func:`has_keys` tells whether its keyrings need a clear first (only a process of the UID
+can clear them: the spawner does, ``Spawner.clear_keyrings``).
+
+Kernel keys: ``/proc/key-users`` has a line per UID that owns any key, ``UID: usage nkeys/nikeys
+qnkeys/maxkeys qnbytes/maxbytes``; root reads it, but cannot list another UID's keys (/proc/keys
+shows only keys the reader may view, with no override for root). The first lookup of ``@u`` or
+``@us`` by a process of the UID makes its two user keyrings, ``_uid.N`` and ``_uid_ses.N``, and
+they stay (they belong to the user namespace, and the host's never dies): a UID that ever looked
+shows 2 keys for good. Those are "bare": exactly 2 keys charging only their names (length + 1
+each) and at most the 4 bytes (``KEYQUOTA_LINK_BYTES``) of the link ``_uid_ses`` holds to
+``_uid`` as made (a clear of ``@us`` drops it). Measured on Linux 6.18 for UID 65112: ``2 2/2 2/200
+30/20000`` as made, 26 bytes once cleared. Any other key adds a key (and its bytes), so a UID is
+free of keys when it has none, or exactly its bare keyrings (:func:`keyrings_only`). The one
+case this cannot tell apart: a UID that never made its keyrings but owns two other keys whose
+names and payloads total at most those 30 bytes, somewhere else (another UID's keyring that lets
+others write into it); such keys reach no one but the writer and that keyring's owner.
 
 NSS and enumeration: :func:`scan` enumerates users and groups (``getpwall``/``getgrall``). Sources
 that cannot enumerate (LDAP, sssd without ``enumerate``, winbind) hide their users from that, so
@@ -73,6 +90,12 @@ MQUEUE_DIRECTORY: Final = "/dev/mqueue"
 SYSVIPC_DIRECTORY: Final = "/proc/sysvipc"
 #: NSS sources whose users and groups all show up when enumerated.
 ENUMERABLE_NSS_SOURCES: Final = frozenset({"files", "systemd", "db", "altfiles"})
+#: The kernel's per-UID key accounting.
+KEY_USERS: Final = "/proc/key-users"
+#: What a keyring link costs its owner's quota (``KEYQUOTA_LINK_BYTES``, security/keys/internal.h).
+_KEYRING_LINK_BYTES: Final = 4
+#: What a new anonymous session keyring costs: its name, "_ses", and the NUL.
+_SESSION_KEYRING_BYTES: Final = len("_ses") + 1
 
 _LOCK_FLAGS: Final = os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
 #: Deeper trees under /dev/shm are not walked (a handler has its own /dev/shm anyway).
@@ -614,6 +637,118 @@ def _tree_owners(root: str) -> set[int]:
     return found
 
 
+# --- kernel keys ----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class KeyUsage:
+    """One line of /proc/key-users: what the kernel charges one UID for the keys it owns.
+
+    Attributes:
+        keys: every key the UID owns (``nkeys``), its keyrings included.
+        quota_keys: the keys charged to its quota (``qnkeys``).
+        quota_bytes: the bytes charged to its quota (``qnbytes``): names, payloads, links.
+    """
+
+    keys: int
+    quota_keys: int
+    quota_bytes: int
+
+
+def keyrings_only(uid: int, usage: KeyUsage | None, *, sessions: int = 0) -> bool:
+    """Whether ``usage`` (of ``uid``; None: no line) is no key at all, or only the UID's two bare
+    user keyrings (see the module docstring).
+
+    With ``sessions``, up to that many empty anonymous session keyrings (``_ses``, 5 bytes
+    each) are allowed besides: a handler's own, which the kernel frees only after an RCU grace
+    period and its key garbage collector have run, measured at 60-80 ms after the handler was
+    reaped. Nothing is reachable through one: no process holds it, nothing links it, and it
+    holds nothing (anything in it would add bytes).
+    """
+    if usage is None:
+        return True
+    digits = len(str(uid))
+    names = len("_uid.") + digits + 1 + len("_uid_ses.") + digits + 1
+    if usage.keys != usage.quota_keys:
+        return False  # a key outside the quota: none of ours
+    for extra in range(sessions + 1):
+        keys, size = usage.keys - extra, usage.quota_bytes - extra * _SESSION_KEYRING_BYTES
+        if (keys, size) == (0, 0) or (keys == 2 and names <= size <= names + _KEYRING_LINK_BYTES):
+            return True
+    return False
+
+
+def _parse_key_user(line: bytes) -> tuple[int, KeyUsage] | None:
+    """``UID: usage nkeys/nikeys qnkeys/maxkeys qnbytes/maxbytes``; None for anything else."""
+    fields = line.replace(b"/", b" ").split()
+    if len(fields) != 8 or not fields[0].endswith(b":"):
+        return None
+    try:
+        uid = int(fields[0][:-1])
+        usage = KeyUsage(int(fields[2]), int(fields[4]), int(fields[6]))
+    except ValueError:
+        return None
+    return uid, usage
+
+
+def _read_key_users(path: str) -> bytes:
+    # Missing: a kernel without keys. Read with os.read: 27 µs against 32 µs through open().
+    return _read_proc(path) or b""
+
+
+def key_users(path: str = KEY_USERS) -> dict[int, KeyUsage]:
+    """Every UID that owns a kernel key, with what it is charged.
+
+    Raises:
+        OSError: the file cannot be read (a missing one is a kernel without keys: empty).
+    """
+    found: dict[int, KeyUsage] = {}
+    for line in _read_key_users(path).splitlines():
+        if (parsed := _parse_key_user(line)) is not None:
+            found[parsed[0]] = parsed[1]
+    return found
+
+
+def key_usage(uid: int, path: str = KEY_USERS) -> KeyUsage | None:
+    """What ``uid`` is charged for its keys, or None when it owns none.
+
+    One read of /proc/key-users and a search for the UID's line (the kernel prints it as
+    ``%5u:``), without parsing the other lines.
+    """
+    data = b"\n" + _read_key_users(path)
+    start = data.find(b"\n" + str(uid).rjust(5).encode() + b":")
+    if start < 0:
+        return None
+    end = data.find(b"\n", start + 1)
+    parsed = _parse_key_user(data[start + 1 : end if end >= 0 else None])
+    return None if parsed is None else parsed[1]
+
+
+def key_count(uid: int, path: str = KEY_USERS) -> int:
+    """How many kernel keys ``uid`` owns (``nkeys``), its user keyrings included."""
+    usage = key_usage(uid, path)
+    return 0 if usage is None else usage.keys
+
+
+def has_keys(uid: int, path: str = KEY_USERS, *, sessions: int = 0) -> bool:
+    """Whether ``uid`` owns a kernel key other than its bare user keyrings (and ``sessions``
+    empty session keyrings, see :func:`keyrings_only`).
+
+    One read of /proc/key-users: 30 µs on the development machine (28 lines; the kernel's
+    side dominates), 110 µs for a 4336-line file (every UID of the default pool).
+    """
+    return not keyrings_only(uid, key_usage(uid, path), sessions=sessions)
+
+
+def key_ids(first: int, last: int, path: str = KEY_USERS) -> set[int]:
+    """The UIDs of ``[first, last]`` that own a kernel key other than their bare keyrings."""
+    return {
+        uid
+        for uid, usage in key_users(path).items()
+        if first <= uid <= last and not keyrings_only(uid, usage)
+    }
+
+
 def ipc_ids(
     first: int,
     last: int,
@@ -623,8 +758,9 @@ def ipc_ids(
 ) -> set[int]:
     """The IDs of ``[first, last]`` owning an IPC object: SysV shm, msg or sem (owner or creator,
     UID or GID), anything under ``shm_directory``, a message queue in ``mqueue_directory`` (only
-    when an mqueue filesystem is mounted there: POSIX queues are invisible otherwise)."""
-    found: set[int] = set()
+    when an mqueue filesystem is mounted there: POSIX queues are invisible otherwise), a kernel
+    key other than the UID's bare user keyrings (:func:`key_ids`)."""
+    found = key_ids(first, last)
     for obj in sysv_objects():
         found.update(_in_range(obj.owners(), first, last))
     found.update(_in_range(_tree_owners(shm_directory), first, last))

@@ -16,7 +16,9 @@ Rule 2: one ``SOCK_SEQPACKET`` socketpair carries JSON requests with the plan's 
 ``started`` then ``exited`` (sent once the handler is reaped: in its own PID namespace, that is
 once every process of the invocation is gone, since the kernel kills and reaps the rest of a
 namespace before its PID 1 can be reaped). A :class:`SpawnFailed` is logged here with the unit
-and the invocation.
+and the invocation. :meth:`Spawner.clear_keyrings` forks a one-shot child the same way (it
+becomes a UID, clears that UID's user keyrings and exits: only a process of the UID can), which
+ends in ``failed`` or ``exited``.
 
 Rule 3: the trio side holds a pidfd of every running handler, passed with ``started``. So
 :meth:`Handler.kill` signals exactly that process, without a round trip and even while the
@@ -53,6 +55,7 @@ Kernel facts this relies on (Linux 6.18 here):
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -83,6 +86,8 @@ SCRIPT: Final = str(Path(__file__).resolve().with_name("__main__.py"))
 READY_TIMEOUT: Final = 30.0
 #: How long :meth:`Spawner.aclose` waits for killed handlers to be reported.
 CLOSE_TIMEOUT: Final = 10.0
+#: The stage of a keyring failure: a handler's own session keyring, or a clear.
+KEYRING_STAGE: Final = "keyring"
 #: Replies are small JSON objects.
 _REPLY_SIZE: Final = 1 << 16
 
@@ -92,8 +97,8 @@ class SpawnFailed(ActivatorError):
 
     Attributes:
         stage: the stage that failed (``cgroup``, ``namespaces``, ``mount``, ``rlimit``,
-            ``nice``, ``fds``, ``chdir``, ``privileges``, ``exec``; ``fork``, ``request`` or
-            ``internal`` for failures around them).
+            ``nice``, ``fds``, ``chdir``, ``privileges``, ``keyring``, ``exec``; ``fork``,
+            ``request`` or ``internal`` for failures around them).
         errno: the error number.
         message: what a log shows, e.g. ``exec /usr/bin/x: No such file or directory``.
         unit, invocation: from the plan.
@@ -193,9 +198,14 @@ class Handler:
 
 @attrs.define(eq=False)
 class _Request:
-    plan: SpawnPlan
+    """A request in flight: a spawn (with its plan) or a one-shot child (``status`` at exit)."""
+
+    unit: str
+    invocation: str
+    plan: SpawnPlan | None = None
     done: trio.Event = attrs.field(factory=trio.Event)
     handler: Handler | None = None
+    status: ExitStatus | None = None
     error: Exception | None = None
     abandoned: bool = False
 
@@ -309,7 +319,61 @@ class Spawner:
         if len(data) > _protocol.MAX_MESSAGE:
             msg = f"the plan of {plan.unit} is too large ({len(data)} bytes)"
             raise ValueError(msg)
-        request = _Request(plan)
+        request = _Request(plan.unit, plan.invocation, plan)
+        await self._request(request_id, request, data, fds, f"cannot start {plan.unit}")
+        if isinstance(request.error, SpawnFailed):
+            logger.warning(
+                "%s: invocation %s did not start: %s", plan.unit, plan.invocation, request.error
+            )
+        if request.error is not None:
+            raise request.error
+        assert request.handler is not None
+        return request.handler
+
+    async def clear_keyrings(self, uid: int, *, gid: int | None = None) -> None:
+        """Clear the user and user-session keyrings of ``uid`` (kernel keys a handler left in
+        ``@u`` or ``@us``): the spawner forks a child that becomes ``uid`` (and ``gid``, the
+        same number by default), calls ``keyctl(KEYCTL_CLEAR)`` on both and exits.
+
+        Call it only once no process of ``uid`` is left (else it races with new keys), and
+        only when the UID has keys: looking the keyrings up makes them when they do not exist.
+        The kernel frees the unlinked keys asynchronously (``uidstore.key_usage`` tells when).
+
+        Raises:
+            SpawnFailed: the child could not become ``uid`` (stage ``privileges``) or clear a
+                keyring (stage ``keyring``: a handler can take its own write permission away,
+                ``keyring clear @u of UID 61234: Permission denied``), or it died.
+            SpawnerDied: the spawner died meanwhile, or is down.
+            ValueError: ``uid`` or ``gid`` is 0 or not a valid ID.
+        """
+        gid = uid if gid is None else gid
+        for what, value in (("uid", uid), ("gid", gid)):
+            if not 0 < value < 0xFFFFFFFF:
+                msg = f"clear_keyrings: {what} must be in 1..4294967294 (got {value})"
+                raise ValueError(msg)
+        label = f"keyrings of UID {uid}"
+        if self._state == "restarting":
+            await self._settled.wait()
+        if self._state != "up":
+            msg = f"the spawner is {self._state}: cannot clear the {label}"
+            raise SpawnerDied(msg)
+        request_id = self._next_id
+        self._next_id += 1
+        data = _protocol.encode({"op": "clear_keyrings", "id": request_id, "uid": uid, "gid": gid})
+        request = _Request(label, "")
+        await self._request(request_id, request, data, (), f"cannot clear the {label}")
+        if request.error is not None:
+            raise request.error
+        status = request.status
+        if status is None or status.code != 0:
+            msg = f"keyring clear of UID {uid}: the child {status}"
+            raise SpawnFailed(KEYRING_STAGE, errno.EIO, msg, unit=label, invocation="")
+
+    async def _request(
+        self, request_id: int, request: _Request, data: bytes, fds: Sequence[int], what: str
+    ) -> None:
+        """Send one request and wait for its outcome (in ``request``); a cancelled wait has
+        the spawner kill the child it may have started."""
         self._pending[request_id] = request
         process = self._process
         try:
@@ -319,21 +383,13 @@ class Spawner:
         except (OSError, trio.ClosedResourceError) as error:
             # The spawner died (EPIPE, ECONNRESET) or was stopped while this request was sent.
             self._pending.pop(request_id, None)
-            msg = f"the spawner is gone: cannot start {plan.unit}: {error}"
+            msg = f"the spawner is gone: {what}: {error}"
             raise SpawnerDied(msg) from error
         except BaseException:
             if not request.done.is_set():
                 request.abandoned = True
                 await self._abandon(process, request_id)
             raise
-        if isinstance(request.error, SpawnFailed):
-            logger.warning(
-                "%s: invocation %s did not start: %s", plan.unit, plan.invocation, request.error
-            )
-        if request.error is not None:
-            raise request.error
-        assert request.handler is not None
-        return request.handler
 
     async def _abandon(self, process: _Process, request_id: int) -> None:
         """A cancelled spawn: have the spawner kill whatever it started for it."""
@@ -395,7 +451,7 @@ class Spawner:
                 if pidfd is not None:
                     os.close(pidfd)
                 return
-            handler = Handler(_int(reply["pid"]), request.plan.invocation, pidfd)
+            handler = Handler(_int(reply["pid"]), request.invocation, pidfd)
             self._running[_int(request_id)] = handler
             request.handler = handler
             request.done.set()
@@ -407,16 +463,20 @@ class Spawner:
                     str(reply["stage"]),
                     _int(reply["errno"]),
                     str(reply["message"]),
-                    unit=request.plan.unit,
-                    invocation=request.plan.invocation,
+                    unit=request.unit,
+                    invocation=request.invocation,
                 )
                 request.done.set()
         elif event == "exited":
             _protocol.close_all(fds)
+            code, signal = reply.get("code"), reply.get("signal")
+            status = ExitStatus(_optional_int(code), _optional_int(signal))
             running = self._running.pop(_int(request_id), None)
             if running is not None:
-                code, signal = reply.get("code"), reply.get("signal")
-                running._finish(ExitStatus(_optional_int(code), _optional_int(signal)))
+                running._finish(status)
+            elif (request := self._pending.pop(_int(request_id), None)) is not None:
+                request.status = status  # a one-shot child (clear_keyrings)
+                request.done.set()
         else:
             _protocol.close_all(fds)
             logger.error("spawner (pid %d) sent an unexpected %r", self._process.pid, reply)
@@ -440,7 +500,9 @@ class Spawner:
         )
         for request in self._pending.values():
             request.error = SpawnerDied(
-                f"the spawner died: {request.plan.unit} may not have started"
+                f"the spawner died: {request.unit} may not have started"
+                if request.plan is not None
+                else f"the spawner died: the {request.unit} may not be cleared"
             )
             request.done.set()
         self._pending.clear()

@@ -6,8 +6,8 @@ guarantees the exit even for an exception nobody expected, so a child never runs
 spawner's loop.
 
 Rule 2: the stages run in the order :mod:`activator.sandbox` documents (cgroup, namespaces,
-mount, rlimit, nice, umask, fds, chdir, privileges, exec), and a failure names its stage and the
-thing at fault: ``mount /var/lib/private: Permission denied``.
+mount, rlimit, nice, umask, fds, chdir, privileges, keyring, exec), and a failure names its
+stage and the thing at fault: ``mount /var/lib/private: Permission denied``.
 
 Rule 3: the child dies with the spawner. ``PR_SET_PDEATHSIG`` (SIGKILL) is set first thing and
 again after ``setresuid`` (a credential change clears it), each time followed by a look at the
@@ -26,6 +26,16 @@ Theory of operation, the parts the plan does not spell out:
 - INACCESSIBLE binds a mode-0 directory or file from a small read-only tmpfs made for the child
   with ``fsopen``/``fsmount``. That tmpfs is never attached anywhere, so nothing is left on the
   host; cloning from a detached mount needs a recent kernel (it works on 6.18).
+- Kernel keys (``keyring``): once it runs as its UID, every handler joins a new anonymous
+  session keyring of its own (``KEYCTL_JOIN_SESSION_KEYRING``), owned by that UID and linked
+  to nothing, as systemd's ``KeyringMode=private`` (its default for system services) does in
+  ``setup_keyring()`` of ``src/core/execute.c``. Without it a handler would share the spawner's
+  session keyring (under systemd, the activator service's: possessed by every handler, so one
+  handler's keys there are every other handler's to read), or, with none, fall back to its
+  UID's user-session keyring, which outlives the invocation. The user keyring is not linked in
+  (that is ``KeyringMode=shared``): keys a handler puts in its UID's keyrings explicitly are
+  cleared at teardown by :func:`clear_keyrings`. A kernel without keys (ENOSYS) has nothing to
+  share, so that error alone is no failure.
 - Descriptors move in two phases so that a target may be any source's number: every source, the
   report pipe and /dev/null are first copied above the highest target (close-on-exec), then
   ``close_range(CLOSE_RANGE_CLOEXEC)`` marks every descriptor close-on-exec, then ``dup2``
@@ -48,6 +58,7 @@ import signal
 import socket
 import stat
 import struct
+import termios
 from collections.abc import Callable, Sequence
 from typing import Final, NoReturn
 
@@ -72,7 +83,9 @@ RLIMIT: Final = "rlimit"
 NICE: Final = "nice"
 FDS: Final = "fds"
 CHDIR: Final = "chdir"
+SESSION: Final = "session"
 PRIVILEGES: Final = "privileges"
+KEYRING: Final = "keyring"
 EXEC: Final = "exec"
 #: A failure outside the stages: a bug, reported rather than lost.
 INTERNAL: Final = "internal"
@@ -134,6 +147,77 @@ def run(
         os._exit(sandbox.EXIT_SPAWN_FAILED)
 
 
+def clear_keyrings(
+    uid: int, gid: int, *, report_fd: int, spawner_watch: select.poll, control_fd: int
+) -> NoReturn:
+    """Become ``uid``/``gid`` and clear its user and user-session keyrings; exit 0 when both
+    are cleared, else report the first failure (stage ``keyring``) and exit 127.
+
+    Only a process of the UID can: root has no override for another user's keyrings (and a
+    UID's user keyring is found only by the special IDs ``@u`` and ``@us``, which name the
+    caller's own). Looking either up makes both if they do not exist yet (Linux 6.18 creates
+    them on any lookup, whatever ``KEYCTL_GET_KEYRING_ID``'s create flag says): the caller asks
+    only for a UID that has keys already. The process never execs and never returns.
+
+    Args:
+        uid, gid: the lease's IDs (not 0).
+        report_fd: the write end of the close-on-exec report pipe.
+        spawner_watch: a poll object watching a pidfd of the spawner.
+        control_fd: the spawner's control socket, closed at once.
+    """
+    code = sandbox.EXIT_SPAWN_FAILED
+    try:
+        gc.disable()
+        os.close(control_fd)
+        step = "PR_SET_PDEATHSIG"
+        try:
+            _die_with_spawner(spawner_watch)
+            step = "setgroups"
+            os.setgroups([])
+            step = f"setresgid {gid}"
+            os.setresgid(gid, gid, gid)
+            step = f"setresuid {uid}"
+            os.setresuid(uid, uid, uid)
+            step = "PR_SET_PDEATHSIG"
+            _die_with_spawner(spawner_watch)  # setresuid cleared it
+        except OSError as error:
+            denied = _Failure(PRIVILEGES, error.errno or errnos.EPERM, step)
+            _report(report_fd, denied.stage, denied.errno, denied.message)
+        else:
+            failure: _Failure | None = None
+            for name, keyring in (
+                ("@u", _linux.KEY_SPEC_USER_KEYRING),
+                ("@us", _linux.KEY_SPEC_USER_SESSION_KEYRING),
+            ):
+                try:
+                    _linux.keyctl(_linux.KEYCTL_CLEAR, keyring)
+                except OSError as error:
+                    failure = failure or _failure(KEYRING, error, f"clear {name} of UID {uid}")
+            if failure is None:
+                code = 0
+            else:
+                _report(report_fd, failure.stage, failure.errno, failure.message)
+    except BaseException as error:  # anything at all is reported, then the child exits
+        _report(report_fd, INTERNAL, errnos.EIO, f"internal {type(error).__name__}: {error}")
+    finally:
+        os._exit(code)
+
+
+def _report(report_fd: int, stage: str, error: int, message: str) -> None:
+    """Write the one failure report (a short JSON object, so one atomic pipe write)."""
+    # The report is the pipe's only write, into an empty pipe of 64 KiB: it goes in whole.
+    report = {"stage": stage, "errno": error, "message": message[:8192]}
+    with contextlib.suppress(OSError):
+        os.write(report_fd, json.dumps(report).encode())
+
+
+def _die_with_spawner(spawner_watch: select.poll) -> None:
+    """Set the parent-death signal, and exit now if the parent is already gone."""
+    _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if spawner_watch.poll(0):
+        os._exit(sandbox.EXIT_SPAWN_FAILED)
+
+
 class _Child:
     """The child's state while it applies a plan: where its report pipe currently is."""
 
@@ -153,17 +237,12 @@ class _Child:
         self.devnull: int | None = None
 
     def report(self, stage: str, error: int, message: str) -> None:
-        """Write the one failure report (a short JSON object, so one atomic pipe write)."""
-        # The report is the pipe's only write, into an empty pipe of 64 KiB: it goes in whole.
-        report = {"stage": stage, "errno": error, "message": message[:8192]}
-        with contextlib.suppress(OSError):
-            os.write(self.report_fd, json.dumps(report).encode())
+        """Write the one failure report on the report pipe, wherever it is now."""
+        _report(self.report_fd, stage, error, message)
 
     def die_with_spawner(self) -> None:
         """Set the parent-death signal, and exit now if the parent is already gone."""
-        _linux.prctl(_linux.PR_SET_PDEATHSIG, signal.SIGKILL)
-        if self.spawner_watch.poll(0):
-            os._exit(sandbox.EXIT_SPAWN_FAILED)
+        _die_with_spawner(self.spawner_watch)
 
     def apply(self) -> None:
         """Every stage, in order, then exec (which does not return on success)."""
@@ -187,8 +266,23 @@ class _Child:
         self.limits()
         self.descriptors()
         self.chdir()
+        self.session()
         self.privileges()
+        self.keyring()
         self.execute()
+
+    def session(self) -> None:
+        """A session of its own (no handler shares the spawner's), and with
+        ``controlling_tty`` fd 0 as its controlling terminal (``activator run --pty``)."""
+        try:
+            os.setsid()
+        except OSError as error:
+            raise _failure(SESSION, error, "setsid") from None
+        if self.plan.controlling_tty:
+            try:
+                fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+            except OSError as error:
+                raise _failure(SESSION, error, "TIOCSCTTY") from None
 
     def cgroup(self) -> None:
         for path in self.plan.cgroup_procs:
@@ -337,6 +431,14 @@ class _Child:
             self.die_with_spawner()
         except OSError as error:
             raise _Failure(PRIVILEGES, error.errno or errnos.EPERM, step) from None
+
+    def keyring(self) -> None:
+        """A new session keyring of the handler's own (see the module docstring)."""
+        try:
+            _linux.keyctl(_linux.KEYCTL_JOIN_SESSION_KEYRING, 0)
+        except OSError as error:
+            if error.errno != errnos.ENOSYS:
+                raise _failure(KEYRING, error, "KEYCTL_JOIN_SESSION_KEYRING") from None
 
     def execute(self) -> NoReturn:
         plan = self.plan

@@ -10,12 +10,16 @@ through ctypes); the trio side never does.
 The calls of the new mount API (``open_tree``, ``move_mount``, ``fsopen``, ``fsconfig``,
 ``fsmount``, ``mount_setattr``) and ``close_range`` have the same numbers on every architecture
 Linux added them to after 5.1 (the unified syscall table, alpha aside), so they are called by
-number; the older calls go through their glibc wrappers.
+number; the older calls go through their glibc wrappers. ``keyctl`` has no glibc wrapper (it is
+libkeyutils') and an older number that differs between architectures: :data:`_SYS_KEYCTL` maps
+the machines Debian builds for, and anywhere else :func:`keyctl` fails with EOPNOTSUPP (never
+silently: a handler must not start with a keyring it shares).
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 from typing import Any, Final
 
@@ -62,6 +66,13 @@ _LINUX_CAPABILITY_VERSION_3: Final = 0x20080522
 
 CLOSE_RANGE_CLOEXEC: Final = 1 << 2
 
+# keyctl(2) operations and special keyring IDs (linux/keyctl.h).
+KEYCTL_JOIN_SESSION_KEYRING: Final = 1
+KEYCTL_CLEAR: Final = 7
+KEY_SPEC_SESSION_KEYRING: Final = -3
+KEY_SPEC_USER_KEYRING: Final = -4
+KEY_SPEC_USER_SESSION_KEYRING: Final = -5
+
 _SYS_OPEN_TREE: Final = 428
 _SYS_MOVE_MOUNT: Final = 429
 _SYS_FSOPEN: Final = 430
@@ -69,6 +80,26 @@ _SYS_FSCONFIG: Final = 431
 _SYS_FSMOUNT: Final = 432
 _SYS_CLOSE_RANGE: Final = 436
 _SYS_MOUNT_SETATTR: Final = 442
+#: keyctl's number by ``uname -m`` and the process's word size (a 32-bit process on a 64-bit
+#: kernel uses the 32-bit table): arch/*/entry/syscalls, include/uapi/asm-generic/unistd.h.
+_SYS_KEYCTL_BY_MACHINE: Final = {
+    ("x86_64", 64): 250,
+    ("x86_64", 32): 288,
+    ("i686", 32): 288,
+    ("i386", 32): 288,
+    ("aarch64", 64): 219,  # the generic table, as riscv64 and loongarch64
+    ("riscv64", 64): 219,
+    ("loongarch64", 64): 219,
+    ("aarch64", 32): 311,
+    ("armv8l", 32): 311,
+    ("armv7l", 32): 311,
+    ("ppc64le", 64): 271,
+    ("ppc64", 64): 271,
+    ("s390x", 64): 280,
+}
+_SYS_KEYCTL: Final = _SYS_KEYCTL_BY_MACHINE.get(
+    (os.uname().machine, 8 * ctypes.sizeof(ctypes.c_void_p))
+)
 
 
 class _MountAttr(ctypes.Structure):
@@ -119,6 +150,7 @@ _fsopen = _function("syscall", _long, _long, _str, _ulong)
 _fsconfig = _function("syscall", _long, _long, _long, _ulong, _str, _str, _long)
 _fsmount = _function("syscall", _long, _long, _long, _ulong, _ulong)
 _close_range = _function("syscall", _long, _long, _uint, _uint, _ulong)
+_keyctl = _function("syscall", _long, _long, _long, _long, _ulong, _ulong, _ulong)
 
 
 def _check(result: int, filename: str | None = None) -> int:
@@ -210,3 +242,16 @@ def clear_capabilities() -> None:
     data = (_CapData * 2)()
     _check(_capset(ctypes.byref(header), ctypes.byref(data)))
     _check(_prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0))
+
+
+def keyctl(operation: int, arg2: int = 0, arg3: int = 0) -> int:
+    """keyctl(2) with up to two integer arguments (the others zero): its result.
+
+    ``arg2`` is a key serial or a special ID such as :data:`KEY_SPEC_USER_KEYRING`; for
+    :data:`KEYCTL_JOIN_SESSION_KEYRING` 0 is the NULL name (a new anonymous keyring).
+    """
+    if _SYS_KEYCTL is None:
+        error = errno.EOPNOTSUPP
+        msg = f"keyctl: no syscall number known for {os.uname().machine}"
+        raise OSError(error, msg)
+    return _check(_keyctl(_SYS_KEYCTL, operation, arg2, arg3, 0, 0))

@@ -11,9 +11,10 @@ Requests (activator -> spawner)::
 
     {"op": "spawn", "id": N, "plan": <sandbox.plan_to_wire(plan)>}  + the plan's descriptors
     {"op": "kill", "id": N, "signal": S}
+    {"op": "clear_keyrings", "id": N, "uid": U, "gid": G}   clear U's user keyrings (U, G > 0)
 
 Replies (spawner -> activator), in order for one ``id``: either one ``failed``, or ``started``
-then ``exited``::
+then ``exited`` (for ``clear_keyrings``: one ``failed`` or one ``exited``, no ``started``)::
 
     {"event": "ready", "pid": P}                  once, when the spawner is up
     {"event": "fatal", "message": "..."}          instead of ready: the spawner cannot work

@@ -15,7 +15,12 @@ Rule 3: a new PID namespace costs no extra process: before the fork the spawner 
 restores its own with ``setns`` on the descriptor of ``/proc/self/ns/pid`` it opened at start
 (a second ``unshare(CLONE_NEWPID)`` without the restore fails with EINVAL).
 
-Rule 4: when the activator closes its end (or dies), the spawner kills every child it still has
+Rule 4: a ``clear_keyrings`` request forks a child too, one that never execs: it becomes the
+UID, clears the UID's user keyrings and exits (:func:`._child.clear_keyrings`). It is watched
+like a handler (report pipe, pidfd) and ends in one ``failed`` or one ``exited``, with no
+``started`` before it.
+
+Rule 5: when the activator closes its end (or dies), the spawner kills every child it still has
 (SIGKILL), reaps them and exits; children that outlive it are killed by the kernel anyway
 (``PR_SET_PDEATHSIG``, set in the child).
 """
@@ -31,26 +36,35 @@ import select
 import signal
 import socket
 import sys
-from collections.abc import Sequence
-from typing import Final
+from collections.abc import Callable, Sequence
+from typing import Final, TypeGuard
 
 from activator.sandbox import SpawnPlan, plan_from_wire
 
 from . import _child, _linux, _protocol
 
 _READ: Final = select.POLLIN | select.POLLHUP | select.POLLERR
+#: The highest UID or GID (-1, 4294967295, means "unchanged" to setresuid).
+_MAX_ID: Final = 0xFFFFFFFE
+
+
+def _is_id(value: object) -> TypeGuard[int]:
+    """Whether ``value`` is a UID or GID other than root's."""
+    return type(value) is int and 0 < value <= _MAX_ID
 
 
 class _Child:
     """One forked child the spawner has not reaped yet."""
 
-    __slots__ = ("id", "pid", "pidfd", "report", "started", "text")
+    __slots__ = ("execs", "id", "pid", "pidfd", "report", "started", "text")
 
-    def __init__(self, request_id: int, pid: int, pidfd: int, report: int) -> None:
+    def __init__(self, request_id: int, pid: int, pidfd: int, report: int, execs: bool) -> None:
         self.id = request_id
         self.pid = pid
         self.pidfd = pidfd
         self.report: int | None = report
+        #: A handler (``started`` once it exec'd), not a one-shot child such as a keyring clear.
+        self.execs = execs
         self.started = False
         self.text = bytearray()
 
@@ -133,6 +147,9 @@ class Server:
         if op == "kill":
             self.kill(request_id, request.get("signal"))
             return
+        if op == "clear_keyrings":
+            self.clear_keyrings(request_id, request.get("uid"), request.get("gid"))
+            return
         if op != "spawn":
             self.refuse(request_id, errnos.EINVAL, f"request: unknown op {op!r}")
             return
@@ -175,15 +192,55 @@ class Server:
         with contextlib.suppress(ValueError, OSError):
             signal.pidfd_send_signal(child.pidfd, number)
 
+    def clear_keyrings(self, request_id: int, uid: object, gid: object) -> None:
+        """Fork a child that clears the user keyrings of ``uid`` (never root's) and exits."""
+        if not (_is_id(uid) and _is_id(gid)):
+            self.refuse(
+                request_id,
+                errnos.EINVAL,
+                f"request: clear_keyrings needs a uid and a gid of 1..{_MAX_ID} "
+                f"(got {uid!r}, {gid!r})",
+            )
+            return
+        self.start(request_id, self._clear_keyrings_fork(request_id, uid, gid), execs=False)
+
+    def _clear_keyrings_fork(
+        self, request_id: int, uid: int, gid: int
+    ) -> Callable[[int], int | None]:
+        def fork(report_w: int) -> int | None:
+            try:
+                pid = os.fork()
+                if pid == 0:
+                    _child.clear_keyrings(
+                        uid,
+                        gid,
+                        report_fd=report_w,
+                        spawner_watch=self.watch,
+                        control_fd=self.control.fileno(),
+                    )
+            except OSError as error:
+                self.refuse_error(request_id, "fork", error)
+                return None
+            return pid
+
+        return fork
+
     def spawn(self, request_id: int, plan: SpawnPlan, fds: list[int]) -> None:
         """Fork the child for ``plan`` and watch its report pipe and its exit."""
+        self.start(request_id, lambda report_w: self.fork(request_id, plan, fds, report_w))
+
+    def start(
+        self, request_id: int, fork: Callable[[int], int | None], *, execs: bool = True
+    ) -> None:
+        """Run ``fork`` (given the report pipe's write end; the child's pid, or None after a
+        ``failed`` reply) and watch the child's report pipe and its exit."""
         try:
             report, report_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as error:
             self.refuse_error(request_id, "fork", error)
             return
         try:
-            pid = self.fork(request_id, plan, fds, report_w)
+            pid = fork(report_w)
         finally:
             os.close(report_w)
         if pid is None:
@@ -198,7 +255,7 @@ class Server:
             os.close(report)
             self.refuse_error(request_id, "fork", error)
             return
-        child = _Child(request_id, pid, pidfd, report)
+        child = _Child(request_id, pid, pidfd, report, execs)
         self.by_id[request_id] = child
         self.by_fd[report] = child
         self.by_fd[pidfd] = child
@@ -248,7 +305,7 @@ class Server:
         del self.by_fd[child.report]
         os.close(child.report)
         child.report = None
-        if not child.text:
+        if not child.text and child.execs:
             child.started = True
             self.send({"id": child.id, "event": "started", "pid": child.pid}, [child.pidfd])
 

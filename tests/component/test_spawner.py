@@ -1,4 +1,4 @@
-"""The spawner, for real: handlers forked into their own namespaces as UIDs 65000-65100.
+"""The spawner, for real: handlers forked into their own namespaces as UIDs 65000-65069.
 
 Every test starts its own spawner process and reads what its handlers print through a pipe
 passed in the plan's ``fd_map``. The UIDs have no NSS names (the sandbox needs none), and each
@@ -22,6 +22,7 @@ import attrs
 import pytest
 import trio
 
+from activator import uidstore
 from activator.sandbox import Mount, MountKind, RLimitSetting, SpawnPlan
 from activator.spawner import SCRIPT, ExitStatus, Spawner, SpawnerDied, SpawnFailed
 
@@ -423,3 +424,202 @@ def test_the_spawner_process_imports_neither_trio_nor_the_unit_model() -> None:
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
     assert {"activator.sandbox", "activator.spawner._server", "attrs"} <= imported
     assert not {"trio", "activator.model"} & imported
+
+
+# --- kernel keys ---------------------------------------------------------------------------------
+
+#: keyctl(2) and add_key(2) for x86-64 (250, 248) through libc's syscall, in a handler or on the
+#: host: ``keyctl(op, *args)`` returns the result or ``"error: <strerror>"``.
+KEYCTL = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+def call(number, *args):
+    result = libc.syscall(number, *(ctypes.c_long(a) if isinstance(a, int) else a for a in args))
+    return result if result >= 0 else "error: " + os.strerror(ctypes.get_errno())
+def keyctl(op, *args):
+    return call(250, op, *args)
+def add_key(description, payload, keyring):
+    return call(248, b"user", description, payload, len(payload), keyring)
+def describe(key):
+    buffer = ctypes.create_string_buffer(256)
+    n = keyctl(6, key, buffer, 256)
+    return buffer.value.decode() if isinstance(n, int) else n
+def read(key):
+    buffer = ctypes.create_string_buffer(256)
+    n = keyctl(11, key, buffer, 256)
+    return "read " + buffer.raw[:n].decode() if isinstance(n, int) else n
+def search(keyring, description):
+    found = keyctl(10, keyring, b"user", description, 0)
+    return read(found) if isinstance(found, int) else found
+SESSION, USER = -3, -4
+"""
+
+#: Puts a key into its session keyring, says so, and waits until its stdin closes.
+KEEPS_A_SESSION_KEY = (
+    KEYCTL
+    + """
+print("SESSION", describe(SESSION))
+print("ADDED", add_key(b"shared", sys.argv[1].encode(), SESSION), flush=True)
+sys.stdin.read()
+"""
+)
+
+#: Looks for the first handler's key and the spawner's, by name in its own session keyring and
+#: by number; tries to add a key to the spawner's session keyring.
+LOOKS_FOR_OTHERS_KEYS = (
+    KEYCTL
+    + """
+other_key, root_keyring, root_key = (int(arg) for arg in sys.argv[1:])
+print("SESSION", describe(SESSION))
+print("search-other", search(SESSION, b"shared"))
+print("read-other", read(other_key))
+print("search-root", search(SESSION, b"root-secret"))
+print("read-root", read(root_key))
+print("describe-root-keyring", describe(root_keyring))
+print("add-to-root-keyring", add_key(b"planted", b"x", root_keyring))
+"""
+)
+
+
+@pytest.fixture
+async def spawner_in_a_root_session(
+    nursery: trio.Nursery, tmp_path: Path
+) -> AsyncIterator[tuple[Spawner, int, int]]:
+    """A spawner started in a session keyring of root's holding a key, as under systemd (which
+    gives every system service one): (the spawner, that keyring, that key)."""
+    ids = tmp_path / "root-session"
+    wrapper = tmp_path / "python-in-a-session"
+    wrapper.write_text(
+        f"#!{sys.executable}\n"
+        + KEYCTL
+        + f"""
+keyring = keyctl(1, 0)  # KEYCTL_JOIN_SESSION_KEYRING, anonymous
+key = add_key(b"root-secret", b"root-{uuid.uuid4().hex}", SESSION)
+open({str(ids)!r}, "w").write(f"{{keyring}} {{key}}")
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+"""
+    )
+    wrapper.chmod(0o755)
+    spawner = Spawner.launch(python=str(wrapper))
+    keyring, key = (int(number) for number in ids.read_text().split())
+    await nursery.start(spawner.serve)
+    yield spawner, keyring, key
+    await spawner.aclose()
+
+
+async def test_each_handler_has_a_session_keyring_of_its_own(
+    spawner_in_a_root_session: tuple[Spawner, int, int],
+) -> None:
+    spawner, root_keyring, root_key = spawner_in_a_root_session
+    first_uid, second_uid = 65060, 65061
+    secret = f"secret-{uuid.uuid4().hex}"
+    keeps = plan_of("/usr/bin/python3", "-Ic", KEEPS_A_SESSION_KEY, secret, uid=first_uid)
+    keeps = attrs.evolve(keeps, fd_map=((0, 1), (1, 0), (2, 0)))
+    stdin_r, stdin_w = os.pipe()
+    out_r, out_w = os.pipe()
+    try:
+        keeper = await spawner.spawn(keeps, [out_w, stdin_r])
+    finally:
+        os.close(stdin_r)
+        os.close(out_w)
+    try:
+        async with trio.lowlevel.FdStream(out_r) as stream:
+            said = b""
+            while said.count(b"\n") < 2:
+                said += await stream.receive_some()
+        first = dict(line.split(" ", 1) for line in said.decode().splitlines())
+        other_key = int(first["ADDED"])  # it could add a key to its session keyring
+        # A new keyring, owned by the handler's UID, with nothing linked in.
+        assert first["SESSION"] == f"keyring;{first_uid};{first_uid};3f030000;_ses"
+        args = (str(other_key), str(root_keyring), str(root_key))
+        output, status = await run(
+            spawner,
+            plan_of("/usr/bin/python3", "-Ic", LOOKS_FOR_OTHERS_KEYS, *args, uid=second_uid),
+        )
+    finally:
+        os.close(stdin_w)
+    assert status == ExitStatus(0, None), output
+    assert await keeper.wait() == ExitStatus(0, None)
+    second = dict(line.split(" ", 1) for line in output.splitlines())
+    assert second == {
+        "SESSION": f"keyring;{second_uid};{second_uid};3f030000;_ses",
+        "search-other": "error: Required key not available",
+        "read-other": "error: Permission denied",
+        "search-root": "error: Required key not available",
+        "read-root": "error: Permission denied",
+        "describe-root-keyring": "error: Permission denied",
+        "add-to-root-keyring": "error: Permission denied",
+    }
+    assert secret not in output
+
+
+#: Links its user keyring into its session keyring (which does not link it: a key in the user
+#: keyring with the default permissions is then not even its maker's to read), adds a key to the
+#: user keyring if told to, then looks for it there: prints what it found.
+USES_ITS_USER_KEYRING = (
+    KEYCTL
+    + """
+print("link", keyctl(8, USER, SESSION))  # KEYCTL_LINK
+if sys.argv[1] == "add":
+    print("add", isinstance(add_key(b"left-behind", b"secret", USER), int))
+print("search", search(USER, b"left-behind"))
+"""
+)
+
+
+async def test_clear_keyrings_leaves_a_uid_no_key(spawner: Spawner) -> None:
+    uid = 65062
+    plan = plan_of("/usr/bin/python3", "-Ic", USES_ITS_USER_KEYRING, "add", uid=uid)
+    try:
+        output, _ = await run(spawner, plan)
+        assert output == "link 0\nadd True\nsearch read secret\n"
+        # The handler is gone, its key is not: the next handler of the UID would find it.
+        assert uidstore.has_keys(uid)
+        await spawner.clear_keyrings(uid)
+        # The kernel frees the unlinked key asynchronously; then only the bare keyrings are left.
+        await eventually(lambda: not uidstore.has_keys(uid))
+        assert uidstore.key_count(uid) == 2
+        plan = plan_of("/usr/bin/python3", "-Ic", USES_ITS_USER_KEYRING, "look", uid=uid)
+        output, _ = await run(spawner, plan)
+        assert output == "link 0\nsearch error: Required key not available\n"
+    finally:
+        await spawner.clear_keyrings(uid)
+
+
+#: Puts a key into its user keyring and takes write permission on that keyring away from its UID
+#: and every possessor (``lock``), or gives it back (``unlock``; the UID keeps setattr).
+LOCKS_ITS_USER_KEYRING = (
+    KEYCTL
+    + """
+if sys.argv[1] == "lock":
+    print("add", isinstance(add_key(b"locked-in", b"secret", USER), int))
+    print("setperm", keyctl(5, USER, 0x1B3B0000))  # no write for possessor nor owner
+else:
+    print("setperm", keyctl(5, USER, 0x1F3F0000))  # what the kernel makes
+"""
+)
+
+
+async def test_clear_keyrings_refuses_root_and_reports_failures(spawner: Spawner) -> None:
+    for uid in (0, -1, 2**32 - 1):
+        with pytest.raises(ValueError, match=r"clear_keyrings: uid must be in 1\.\.4294967294"):
+            await spawner.clear_keyrings(uid)
+    with pytest.raises(ValueError, match="gid must be"):
+        await spawner.clear_keyrings(65063, gid=0)
+    # A handler can take its UID's write permission on its user keyring away: no one can clear it
+    # then (root has no override), and the failure says so.
+    uid = 65063
+    lock = plan_of("/usr/bin/python3", "-Ic", LOCKS_ITS_USER_KEYRING, "lock", uid=uid)
+    unlock = plan_of("/usr/bin/python3", "-Ic", LOCKS_ITS_USER_KEYRING, "unlock", uid=uid)
+    try:
+        assert await run(spawner, lock) == ("add True\nsetperm 0\n", ExitStatus(0, None))
+        with pytest.raises(SpawnFailed) as failed:
+            await spawner.clear_keyrings(uid)
+        assert (failed.value.stage, failed.value.errno) == ("keyring", errno.EACCES)
+        assert str(failed.value) == f"keyring clear @u of UID {uid}: Permission denied"
+        assert uidstore.has_keys(uid)
+    finally:
+        assert await run(spawner, unlock) == ("setperm 0\n", ExitStatus(0, None))
+        await spawner.clear_keyrings(uid)
+    await eventually(lambda: not uidstore.has_keys(uid))

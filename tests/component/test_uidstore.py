@@ -276,6 +276,103 @@ def test_remove_ipc_removes_the_uids_objects_and_no_one_elses(mqueue: Path) -> N
         assert uidstore.remove_ipc(target, mqueue_directory=str(mqueue)) == 0
 
 
+# --- kernel keys --------------------------------------------------------------------------------
+
+#: keyctl(2) and add_key(2) for x86-64 (250, 248), run as a UID by :func:`as_uid`: ``add`` puts
+#: a key into the user keyring, ``clear`` clears the user and user-session keyrings, ``touch``
+#: only looks the user keyring up (which makes both user keyrings).
+KEYS = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+USER, USER_SESSION = ctypes.c_long(-4), ctypes.c_long(-5)
+if sys.argv[1] == "add":
+    result = libc.syscall(248, b"user", b"act-uidstore", b"secret", 6, USER)
+elif sys.argv[1] == "clear":
+    result = min(libc.syscall(250, 7, USER), libc.syscall(250, 7, USER_SESSION))
+else:
+    result = libc.syscall(250, 0, USER, 0)
+if result < 0:
+    sys.exit(f"{sys.argv[1]}: {os.strerror(ctypes.get_errno())}")
+"""
+
+
+def as_uid(uid: int, *argv: str) -> None:
+    """Run ``python3 -c KEYS argv`` as ``uid`` (the system python: a venv's may be root's only)."""
+    run(
+        "setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+        "/usr/bin/python3", "-Ic", KEYS, *argv,
+    )  # fmt: skip
+
+
+def eventually(condition: Callable[[], bool], timeout: float = DEADLINE) -> None:
+    """Poll ``condition`` (the kernel frees keys asynchronously) for at most ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {condition}"
+        time.sleep(0.01)
+
+
+@root
+def test_a_uid_with_a_kernel_key_is_in_use_until_its_keyrings_are_cleared(mqueue: Path) -> None:
+    with_key, bare, other = 65090, 65091, 65092
+    as_uid(bare, "touch")
+    # Bare: the two user keyrings and nothing else, charged their names and at most one link.
+    usage = uidstore.key_usage(bare)
+    assert usage is not None
+    assert (usage.keys, usage.quota_keys) == (2, 2)
+    assert usage.quota_bytes in (
+        len(f"_uid.{bare}") + 1 + len(f"_uid_ses.{bare}") + 1 + k for k in (0, 4)
+    )
+    assert uidstore.keyrings_only(bare, usage)
+    as_uid(with_key, "add")
+    try:
+        assert uidstore.key_count(with_key) == 3
+        assert uidstore.has_keys(with_key)
+        assert not uidstore.has_keys(bare)
+        assert uidstore.key_ids(with_key, other) == {with_key}
+        queues = str(mqueue)
+        assert uidstore.probe(with_key, mqueue_directory=queues) is SkipReason.IPC
+        assert uidstore.probe(bare, mqueue_directory=queues) is None
+        assert uidstore.scan(with_key, other, mqueue_directory=queues) == {with_key: SkipReason.IPC}
+        batch = uidstore.probe_many([with_key, bare, other], mqueue_directory=queues)
+        assert batch == {with_key: SkipReason.IPC, bare: None, other: None}
+    finally:
+        as_uid(with_key, "clear")
+    eventually(lambda: not uidstore.has_keys(with_key))
+    assert uidstore.key_count(with_key) == 2
+    assert uidstore.probe(with_key, mqueue_directory=str(mqueue)) is None
+
+
+def test_key_usage_reads_the_kernels_format(tmp_path: Path) -> None:
+    path = tmp_path / "key-users"
+    path.write_text(
+        "    0:     9 8/8 3/1000000 112/25000000\n"
+        "  100:     1 1/1 1/200 5/20000\n"
+        "61261:     2 2/2 2/200 26/20000\n"
+        "65112:     3 3/3 3/200 35/20000\n"
+    )
+    found = uidstore.key_users(str(path))
+    assert found == {
+        0: uidstore.KeyUsage(8, 3, 112),
+        100: uidstore.KeyUsage(1, 1, 5),
+        61261: uidstore.KeyUsage(2, 2, 26),
+        65112: uidstore.KeyUsage(3, 3, 35),
+    }
+    for uid, usage in found.items():
+        assert uidstore.key_usage(uid, str(path)) == usage
+    assert uidstore.key_usage(10, str(path)) is None  # "100:" is not UID 10's line
+    assert uidstore.key_count(1, str(path)) == 0
+    assert uidstore.key_ids(1, 70000, str(path)) == {100, 65112}
+    # 65112: its bare keyrings (30 bytes) and an empty session keyring of a handler on its way
+    # out (5 bytes, "_ses"); 100: only such a session keyring.
+    assert uidstore.has_keys(65112, str(path))
+    assert not uidstore.has_keys(65112, str(path), sessions=1)
+    assert not uidstore.has_keys(100, str(path), sessions=1)
+    assert uidstore.has_keys(0, str(path), sessions=1)
+    assert uidstore.key_users(str(tmp_path / "none")) == {}  # a kernel without keys
+
+
 # --- lease locks --------------------------------------------------------------------------------
 
 #: A child that runs one uidstore call and prints the result as JSON, then waits for EOF on stdin.
