@@ -5,9 +5,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # Debian packages: python3-venv for the virtual environment on a stock Debian 12; systemd for
-# systemd-analyze and systemd-escape, the oracle the value parsers are tested against.
+# systemd-analyze and systemd-escape, the oracle the value parsers are tested against;
+# libnss-systemd so that getent/id/ls see dynamic users; util-linux (setpriv, ipcmk, unshare),
+# e2fsprogs (chattr), libcap2-bin (setcap), gcc and libc6-dev (a setuid probe), procps (ps) for
+# the sandbox and pool tests.
 DEB_RUN := python3 python3-venv
-DEB_TEST := $(DEB_RUN) systemd
+DEB_TEST := $(DEB_RUN) systemd libnss-systemd util-linux e2fsprogs libcap2-bin gcc libc6-dev procps
 
 .PHONY: run test lint typecheck unit check deb-run deb-test clean
 

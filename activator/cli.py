@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -52,6 +53,42 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_settings_arguments(check)
     check.add_argument("--json", action="store_true", help="print one JSON document")
+    run = sub.add_parser(
+        "run",
+        help="run one command as a transient service, in the same sandbox as a connection",
+        description="Run CMD once as a transient service with the sandbox and dynamic user a "
+        "connection would get (like systemd-run). Exits with the command's status (128+N when "
+        "killed by signal N, 127 when it could not start).",
+    )
+    streams = run.add_mutually_exclusive_group()
+    streams.add_argument(
+        "--pipe",
+        action="store_true",
+        help="connect the command to our stdin, stdout and stderr (for pipelines)",
+    )
+    streams.add_argument(
+        "--pty", action="store_true", help="give the command a new terminal, relayed to ours"
+    )
+    run.add_argument(
+        "-p",
+        "--property",
+        dest="properties",
+        metavar="DIRECTIVE=VALUE",
+        action="append",
+        default=[],
+        help="a [Service] directive, as in a unit file (repeatable): -p DynamicUser=yes",
+    )
+    run.add_argument(
+        "--unit",
+        metavar="NAME",
+        help="the unit name (default: run-RANDOM.service); a dynamic user is named after it",
+    )
+    run.add_argument(
+        "--config",
+        metavar="FILE",
+        help="daemon settings, for the pool (default: /etc/activator/activator.toml if it exists)",
+    )
+    run.add_argument("argv", nargs=argparse.REMAINDER, metavar="CMD [ARGS...]")
     return parser
 
 
@@ -80,9 +117,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "check":
             return _check(args, sys.stdout, sys.stderr)
+        if args.command == "run":
+            return _run(args, sys.stderr)
     except KeyboardInterrupt:
         return 130
     return 2  # pragma: no cover - argparse rejects unknown commands first
+
+
+# ---------------------------------------------------------------------------------------------
+# run
+
+
+def _run(args: argparse.Namespace, err: TextIO) -> int:
+    # Imported here: `check` must work on machines where the sandbox cannot (no root, no trio use).
+    from activator import runner, transient
+
+    command = list(args.argv)
+    if command[:1] == ["--"]:
+        command = command[1:]
+    problems: list[Problem] = []
+    try:
+        settings = load_settings(args.config, on_warning=problems.append)
+        name = args.unit or runner.transient_name()
+        if not name.endswith(".service"):
+            name += ".service"
+        service, warnings = transient.transient_service(name, command, args.properties)
+    except ConfigError as error:
+        for problem in (*problems, *error.problems):
+            print(f"activator: {_problem_line(problem)}", file=err)
+        return 2
+    for problem in (*problems, *warnings):
+        print(f"activator: {_problem_line(problem)}", file=err)
+    if args.pty and not os.isatty(0):
+        print("activator: --pty needs a terminal on stdin", file=err)
+        return 2
+    if os.geteuid() != 0:
+        print("activator: run needs root (namespaces, mounts and UIDs of the pool)", file=err)
+        return 1
+    # Warnings of the run go to stderr; its own failure is printed once, below.
+    logging.basicConfig(level=logging.WARNING, format="activator: %(message)s")
+    for name in ("activator.invocation", "activator.spawner"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    mode = runner.StreamMode.PIPE if args.pipe else runner.StreamMode.PTY if args.pty else \
+        runner.StreamMode.LOG  # fmt: skip
+    if mode is runner.StreamMode.LOG:
+        print(f"Running as unit: {service.name.name}", file=err, flush=True)
+    outcome = runner.run_transient(settings, service, mode)
+    if outcome.failure is not None:
+        print(f"activator: {service.name.name}: {outcome.failure}", file=err)
+    return outcome.exit_code
+
+
+def _problem_line(problem: Problem) -> str:
+    return f"{'' if problem.is_error else 'warning: '}{problem}"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,515 @@
+"""One invocation, start to end: identity, directories, cgroup, plan, spawn, teardown, release.
+
+Rule 1: every step that took something gives it back, in reverse order, whatever failed: a lease
+is released only after the invocation's processes are proven gone (:class:`leases.Vacated`), the
+cgroup is removed only when empty, the runtime directory is removed after the last process.
+
+Rule 2: the event loop never blocks: directory set-up and chown, cgroup creation and static user
+lookups run in worker threads; the spawner forks, never this process.
+
+Rule 3: one invocation's failure is its own: :func:`run_invocation` returns an
+:class:`Outcome` for every way an invocation can end (spawn failure, pool exhaustion, a
+directory error) and raises only for cancellation.
+
+Theory of operation (DESIGN.md, "One connection, start to end", steps 3-8): the identity is a
+fresh lease for ``DynamicUser=yes`` (unless ``User=`` names a static user), the static ``User=``
+otherwise, or root. Directories come next (the lease's UID must own them), then a cgroup for the
+invocation, whose ``cgroup.procs`` files go into the plan so the child joins it before exec.
+Once the handler runs, the wait is bounded by ``RuntimeMaxSec=``: at expiry the handler gets
+``KillSignal=``, then SIGKILL after ``TimeoutStopSec=``. The handler is PID 1 of its own PID
+namespace, so when it is reaped the kernel has already killed and reaped every other process of
+the namespace; the cgroup is killed and drained anyway (a second, independent proof) before the
+lease is released.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import pwd
+import resource
+import signal
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import attrs
+import trio
+
+from activator import directories, teardown, uidstore, values
+from activator.leases import LeaseService, PoolExhausted, Vacated, new_invocation_id
+from activator.model import SECOND, ServiceUnit
+from activator.plan import (
+    Descriptors,
+    HostFacts,
+    Identity,
+    Peer,
+    PlanError,
+    build_plan,
+    stdio_files,
+)
+from activator.spawner import ExitStatus, Handler, Spawner, SpawnerDied, SpawnFailed
+from activator.uidpool import Lease, user_name
+
+logger = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+#: The shell and home of every dynamic user (systemd's choice).
+NOLOGIN = "/usr/sbin/nologin"
+
+
+@attrs.frozen
+class Outcome:
+    """How an invocation ended.
+
+    Attributes:
+        invocation: its id.
+        unit: its unit.
+        status: the handler's exit, or None when it never ran.
+        failure: a one-line reason when it never ran or could not be torn down cleanly.
+        stage: where it failed (``lease``, ``directories``, ``cgroup``, ``plan``, or the
+            spawner's stage such as ``mount`` or ``exec``), else None.
+        uid: the UID it ran as (None when it never had one).
+        user: the user name.
+        seconds: from start to release.
+    """
+
+    invocation: str
+    unit: str
+    status: ExitStatus | None
+    failure: str | None = None
+    stage: str | None = None
+    uid: int | None = None
+    user: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """A shell's view: the exit code, 128+signal, or 127 when it never ran."""
+        if self.status is None:
+            return 127
+        if self.status.signal is not None:
+            return 128 + self.status.signal
+        return self.status.code or 0
+
+
+@attrs.define(eq=False)
+class Runtime:
+    """What invocations share: the spawner, the lease service and the cgroup hierarchy.
+
+    Attributes:
+        spawner: the spawner client.
+        leases: the lease service (the UID pool).
+        cgroups: the cgroup hierarchies.
+        memory_total: physical memory in bytes (MemoryMax= percentages).
+        pid_max: the kernel's pid limit (TasksMax= percentages).
+        host: facts of this host a plan needs (our hard RLIMIT_NOFILE caps LimitNOFILE=).
+        on_started: called with (unit, invocation, spawn seconds) once a handler runs.
+        on_finished: called with every :class:`Outcome`.
+    """
+
+    spawner: Spawner
+    leases: LeaseService
+    cgroups: teardown.Cgroups
+    memory_total: int = attrs.field(factory=lambda: _memory_total())
+    pid_max: int = attrs.field(factory=lambda: _pid_max())
+    host: HostFacts = attrs.field(
+        factory=lambda: HostFacts(nofile_hard=_infinity_as_minus_one(_nofile_hard()))
+    )
+    on_started: Callable[[str, str, float], None] | None = None
+    on_finished: Callable[[Outcome], None] | None = None
+
+
+class _Failed(Exception):
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+async def run_invocation(
+    runtime: Runtime,
+    service: ServiceUnit,
+    *,
+    descriptors: Descriptors,
+    fds: Sequence[int],
+    peer: Peer | None = None,
+    per_connection: bool = False,
+    invocation: str | None = None,
+    on_spawned: Callable[[Handler], None] | None = None,
+) -> Outcome:
+    """Run one invocation of ``service`` to its end and give back everything it took.
+
+    Args:
+        runtime: the shared spawner, leases and cgroups.
+        service: the unit (an instance already has its ``%i`` resolved).
+        descriptors: how the passed descriptors map onto the handler's.
+        fds: the descriptors to pass (the caller keeps and closes its copies).
+        peer: the connection's peer, for the environment.
+        per_connection: an Accept=yes invocation (its user name gets a unique suffix).
+        invocation: the id, or None for a fresh one.
+        on_spawned: called once the handler runs (``activator run --pty`` resizes it).
+    """
+    invocation = invocation or new_invocation_id()
+    unit = service.name.name
+    started = time.perf_counter()
+    lease: Lease | None = None
+    identity: Identity | None = None
+    cgroup: teardown.Cgroup | None = None
+    status: ExitStatus | None = None
+    failure: _Failed | None = None
+    vacated_how = "never ran"
+    opened_fds: list[int] = []
+    try:
+        try:
+            identity, lease = await _identity(runtime, service, invocation, per_connection)
+            if service.runtime_directory or service.state_directory or service.cache_directory \
+                    or service.logs_directory:  # fmt: skip
+                stats = await _in_thread(
+                    "directories",
+                    directories.prepare_directories,
+                    service,
+                    identity.uid,
+                    identity.gid,
+                )
+                if not stats.skipped:
+                    logger.info(
+                        "%s: chowned %d files to %d in %.3f s",
+                        unit, stats.files, identity.uid, stats.seconds,
+                    )  # fmt: skip
+            limits = teardown.limits_for(
+                service, memory_total=runtime.memory_total, pid_max=runtime.pid_max
+            )
+            if lease is not None:
+                # Recorded before it exists: a crash in between still leaves a record that names
+                # the cgroup, so the next start can kill what runs in it.
+                name = (
+                    f"{teardown.escape_cgroup_name(unit)}/{teardown.escape_cgroup_name(invocation)}"
+                )
+                try:
+                    lease = runtime.leases.record_cgroup(lease, name)
+                except OSError as error:
+                    raise _Failed(stage="lease", message=_os_error_text(error)) from error
+            cgroup = await _in_thread("cgroup", runtime.cgroups.create, unit, invocation, limits)
+            extra_env: list[tuple[str, str]] = []
+            if service.environment_files:
+                extra_env = await _in_thread("environment", _read_environment_files, service)
+            if stdio_files(service):
+                opened = await _in_thread("stdio", _open_stdio_files, service)
+                descriptors = attrs.evolve(
+                    descriptors,
+                    files=tuple((path, len(fds) + n) for n, (path, _) in enumerate(opened)),
+                )
+                opened_fds = [fd for _, fd in opened]
+                fds = (*fds, *opened_fds)
+            try:
+                plan = build_plan(
+                    service,
+                    identity,
+                    invocation=invocation,
+                    descriptors=descriptors,
+                    peer=peer,
+                    cgroup_procs=cgroup.procs_files,
+                    extra_env=extra_env,
+                    host=runtime.host,
+                )
+            except PlanError as error:
+                raise _Failed(stage="plan", message=str(error)) from error
+            spawn_started = time.perf_counter()
+            try:
+                handler = await runtime.spawner.spawn(plan, fds)
+            except SpawnFailed as error:
+                raise _Failed(error.stage, str(error)) from error
+            except SpawnerDied as error:
+                raise _Failed(stage="spawner", message=str(error)) from error
+            finally:
+                for fd in opened_fds:
+                    os.close(fd)
+            if runtime.on_started is not None:
+                runtime.on_started(unit, invocation, time.perf_counter() - spawn_started)
+            if on_spawned is not None:
+                on_spawned(handler)
+            status = await _wait(handler, service)
+            vacated_how = "pid namespace"
+        except _Failed as error:
+            failure = error
+        except PoolExhausted as error:
+            failure = _Failed(stage="lease", message=str(error))
+        finally:
+            with trio.CancelScope(shield=True):
+                await _teardown(runtime, service, cgroup, lease, vacated_how, unit)
+    except (teardown.TeardownError, OSError) as error:
+        # The lease stays held (this process keeps its lock): a UID is never released while
+        # anything of it may live. A restart reclaims it.
+        logger.error("%s %s: teardown failed, UID kept: %s", unit, invocation, error)
+        failure = _Failed(stage="teardown", message=str(error))
+    outcome = Outcome(
+        invocation=invocation,
+        unit=unit,
+        status=status,
+        failure=None if failure is None else str(failure),
+        stage=None if failure is None else failure.stage,
+        uid=None if identity is None else identity.uid,
+        user=None if identity is None else identity.user,
+        seconds=time.perf_counter() - started,
+    )
+    _log(outcome)
+    if runtime.on_finished is not None:
+        runtime.on_finished(outcome)
+    return outcome
+
+
+async def _identity(
+    runtime: Runtime, service: ServiceUnit, invocation: str, per_connection: bool
+) -> tuple[Identity, Lease | None]:
+    """Who the handler runs as: a lease, a static user, or root.
+
+    systemd's rule: with ``DynamicUser=yes``, a user name (``User=``, else the one made from the
+    unit name) that names an existing static user runs as that user, with no lease.
+    Per-connection names (with their random suffix) are not looked up: they are made fresh.
+    """
+    name = service.user
+    if name is None and service.dynamic_user and not per_connection:
+        name = user_name(service.name.name)
+    if name is not None:
+        static = await _in_thread("user", _static_user, name)
+        if static is not None or not service.dynamic_user:
+            if static is None:
+                msg = f"User={name}: no such user"
+                raise _Failed(stage="user", message=msg)
+            return static, None
+    if not service.dynamic_user:
+        return Identity(0, 0, "root", "root", home="/root", shell="/bin/sh", dynamic=False), None
+    owner = await _in_thread("directories", directories.state_directory_owner, service)
+    try:
+        lease = await runtime.leases.acquire(
+            service.name.name,
+            invocation,
+            user=service.user,
+            per_connection=per_connection,
+            state_owner=owner,
+        )
+    except OSError as error:
+        raise _Failed(stage="lease", message=_os_error_text(error)) from error
+    identity = Identity(lease.uid, lease.gid, lease.user, lease.user, home="/", shell=NOLOGIN)
+    return identity, lease
+
+
+def _static_user(name: str) -> Identity | None:
+    try:
+        entry = pwd.getpwnam(name) if not name.isdigit() else pwd.getpwuid(int(name))
+    except KeyError:
+        return None
+    groups = tuple(sorted(set(os.getgrouplist(entry.pw_name, entry.pw_gid)) - {entry.pw_gid}))
+    return Identity(
+        entry.pw_uid,
+        entry.pw_gid,
+        entry.pw_name,
+        entry.pw_name,
+        home=entry.pw_dir or "/",
+        shell=entry.pw_shell or NOLOGIN,
+        groups=groups,
+        dynamic=False,
+    )
+
+
+async def _wait(handler: Handler, service: ServiceUnit) -> ExitStatus:
+    """Wait for the handler; past ``RuntimeMaxSec=`` stop it as systemd does."""
+    if service.runtime_max_sec is None:
+        return await handler.wait()
+    with trio.move_on_after(service.runtime_max_sec / SECOND):
+        return await handler.wait()
+    logger.info("%s: RuntimeMaxSec= reached, stopping", handler.invocation)
+    return await stop(handler, service)
+
+
+async def stop(handler: Handler, service: ServiceUnit) -> ExitStatus:
+    """Stop a running handler as systemd does: ``KillSignal=``, then SIGKILL after
+    ``TimeoutStopSec=``.
+
+    The handler is PID 1 of its PID namespace, and the kernel drops a signal to it that it has
+    no handler for: when ``/proc/PID/status`` shows it does not catch ``KillSignal=``, waiting
+    could only end in SIGKILL, so SIGKILL is sent at once.
+    """
+    if _catches(handler.pid, service.kill_signal):
+        await handler.kill(service.kill_signal)
+    else:
+        await handler.kill(signal.SIGKILL)
+    grace = math.inf if service.timeout_stop_sec is None else service.timeout_stop_sec / SECOND
+    with trio.move_on_after(grace):
+        return await handler.wait()
+    await handler.kill(signal.SIGKILL)
+    return await handler.wait()
+
+
+async def _teardown(
+    runtime: Runtime,
+    service: ServiceUnit,
+    cgroup: teardown.Cgroup | None,
+    lease: Lease | None,
+    how: str,
+    unit: str,
+) -> None:
+    """Kill and drain the cgroup, remove runtime directories, clear the UID's kernel keys, then
+    release the lease."""
+    if cgroup is not None:
+        await teardown.kill_and_wait(runtime.cgroups, cgroup)
+        how = "cgroup" if how == "never ran" else f"{how} and cgroup"
+    if service.runtime_directory:
+        try:
+            await trio.to_thread.run_sync(directories.remove_runtime_directories, service)
+        except OSError as error:
+            logger.warning("%s: removing its runtime directory: %s", unit, error)
+    if lease is not None:
+        await _clear_keys(runtime, lease.uid, unit)
+        await runtime.leases.release(lease, Vacated(lease.uid, how))
+
+
+#: How long teardown waits for the kernel to free the keys of a cleared UID.
+KEYS_TIMEOUT = 1.0
+_KEYS_POLL = 0.01
+
+
+async def _clear_keys(runtime: Runtime, uid: int, unit: str) -> None:
+    """Leave no kernel key of ``uid`` behind: keys in its user keyrings outlive every process
+    (the kernel keeps a UID's ``@u`` and ``@us`` for as long as the host's user namespace),
+    so the next invocation leased the same UID would read them.
+
+    The check reads /proc/key-users on the loop (30 µs; a worker thread round trip costs 270
+    µs): the handler's own session keyring, empty and on its way out (the kernel frees it 60-80
+    ms after the handler is reaped), is no key. Otherwise a process of the UID clears both
+    keyrings (the spawner forks it: 2.7 ms) and the kernel frees what they held asynchronously
+    (20-45 ms here), polled for at most :data:`KEYS_TIMEOUT`.
+
+    Raises:
+        teardown.TeardownError: the UID still owns keys (a handler can take its own write
+            permission on ``@u`` away, or link keys into another UID's keyring): the lease is
+            not released, so the UID is never handed out again by this process.
+    """
+    try:
+        if not uidstore.has_keys(uid, sessions=1):
+            return
+        try:
+            await runtime.spawner.clear_keyrings(uid)
+        except (SpawnFailed, SpawnerDied) as error:
+            logger.warning("%s: clearing the keyrings of UID %d: %s", unit, uid, error)
+        deadline = trio.current_time() + KEYS_TIMEOUT
+        while uidstore.has_keys(uid, sessions=1):
+            if trio.current_time() >= deadline:
+                usage = uidstore.key_usage(uid)
+                msg = (
+                    f"UID {uid} still owns kernel keys {KEYS_TIMEOUT:g} s after its keyrings "
+                    f"were cleared ({usage}): its lease is kept"
+                )
+                raise teardown.TeardownError(msg)
+            await trio.sleep(_KEYS_POLL)
+    except OSError as error:
+        msg = f"kernel keys of UID {uid}: {error}"
+        raise teardown.TeardownError(msg) from error
+
+
+async def _in_thread(stage: str, function: Callable[..., _T], *args: object) -> _T:
+    try:
+        return await trio.to_thread.run_sync(function, *args)
+    except OSError as error:
+        raise _Failed(stage=stage, message=_os_error_text(error)) from error
+    except (directories.DirectoryError, teardown.TeardownError) as error:
+        raise _Failed(stage=stage, message=str(error)) from error
+
+
+def _log(outcome: Outcome) -> None:
+    who = "" if outcome.uid is None else f" as {outcome.user} ({outcome.uid})"
+    if outcome.failure is not None:
+        logger.warning(
+            "%s %s%s failed at %s: %s",
+            outcome.unit, outcome.invocation, who, outcome.stage, outcome.failure,
+        )  # fmt: skip
+    else:
+        logger.info(
+            "%s %s%s %s after %.3f s",
+            outcome.unit, outcome.invocation, who, outcome.status, outcome.seconds,
+        )  # fmt: skip
+
+
+def _os_error_text(error: OSError) -> str:
+    """``path: No such file or directory``, as a user reads it."""
+    where = f"{error.filename}: " if error.filename else ""
+    return f"{where}{error.strerror or error}"
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (``SigCgt:`` in its status)."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as file:
+            for line in file:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) >> (signum - 1) & 1)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def _read_environment_files(service: ServiceUnit) -> list[tuple[str, str]]:
+    """The assignments of ``EnvironmentFile=``, in order; a missing ``-`` file is skipped."""
+    out: list[tuple[str, str]] = []
+    for entry in service.environment_files:
+        try:
+            with open(entry.path, encoding="utf-8") as file:
+                text = file.read()
+        except FileNotFoundError:
+            if entry.ignore_missing:
+                continue
+            raise
+        except UnicodeDecodeError as error:
+            msg = f"EnvironmentFile={entry.path}: not UTF-8 ({error.reason})"
+            raise _Failed(stage="environment", message=msg) from error
+        try:
+            out.extend(values.parse_environment_file(text))
+        except ValueError as error:
+            msg = f"EnvironmentFile={entry.path}: {error}"
+            raise _Failed(stage="environment", message=msg) from error
+    return out
+
+
+#: How each kind of StandardInput=/StandardOutput= file is opened (as root, as systemd does).
+_STDIO_FLAGS = {
+    "read": os.O_RDONLY,
+    "write": os.O_WRONLY | os.O_CREAT,
+    "append": os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+    "truncate": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+    "readwrite": os.O_RDWR | os.O_CREAT,
+}
+
+
+def _open_stdio_files(service: ServiceUnit) -> list[tuple[str, int]]:
+    """Open the ``file:``/``append:``/``truncate:`` streams; the caller closes them."""
+    opened: list[tuple[str, int]] = []
+    try:
+        for path, how in stdio_files(service):
+            flags = _STDIO_FLAGS[how] | os.O_CLOEXEC | os.O_NOCTTY
+            opened.append((path, os.open(path, flags, 0o666)))
+    except OSError:
+        for _, fd in opened:
+            os.close(fd)
+        raise
+    return opened
+
+
+def _nofile_hard() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+def _infinity_as_minus_one(limit: int) -> int:
+    return -1 if limit == resource.RLIM_INFINITY else limit
+
+
+def _memory_total() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _pid_max() -> int:
+    try:
+        with open("/proc/sys/kernel/pid_max", encoding="ascii") as file:
+            return int(file.read())
+    except (OSError, ValueError):
+        return 32768
