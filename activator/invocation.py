@@ -376,8 +376,8 @@ async def _clear_keys(runtime: Runtime, uid: int, unit: str) -> None:
     so the next invocation leased the same UID would read them.
 
     The check reads /proc/key-users on the loop (30 µs; a worker thread round trip costs 270
-    µs): the handler's own session keyring, empty and on its way out (the kernel frees it 60-80
-    ms after the handler is reaped), is no key. Otherwise a process of the UID clears both
+    µs). The handler's own session keyring is root's (the spawner makes it before dropping
+    privileges), so it is not counted here. When the UID owns keys, a process of the UID clears both
     keyrings (the spawner forks it: 2.7 ms) and the kernel frees what they held asynchronously
     (20-45 ms here), polled for at most :data:`KEYS_TIMEOUT`.
 
@@ -387,14 +387,14 @@ async def _clear_keys(runtime: Runtime, uid: int, unit: str) -> None:
             not released, so the UID is never handed out again by this process.
     """
     try:
-        if not uidstore.has_keys(uid, sessions=1):
+        if not uidstore.has_keys(uid):
             return
         try:
             await runtime.spawner.clear_keyrings(uid)
         except (SpawnFailed, SpawnerDied) as error:
             logger.warning("%s: clearing the keyrings of UID %d: %s", unit, uid, error)
         deadline = trio.current_time() + KEYS_TIMEOUT
-        while uidstore.has_keys(uid, sessions=1):
+        while uidstore.has_keys(uid):
             if trio.current_time() >= deadline:
                 usage = uidstore.key_usage(uid)
                 msg = (

@@ -20,10 +20,10 @@ a failure report (``mount /var/lib/private: Permission denied``):
 4. ``rlimit``, ``nice``, ``umask``, ``fds`` (each passed descriptor to its target numbers,
    every other descriptor closed, unmapped 0/1/2 to ``/dev/null``), ``chdir``.
 5. ``session``: ``setsid``, and ``TIOCSCTTY`` on fd 0 with ``controlling_tty``.
-6. ``privileges``: drop the capability bounding set, ``setgroups``, ``setresgid``,
-   ``setresuid`` (by number), ``no_new_privs``.
-7. ``keyring``: join a new session keyring, owned by the handler's UID (systemd's
+6. ``keyring``: join a new session keyring of the handler's own (systemd's
    ``KeyringMode=private``), so no handler reaches another's keys or the activator's.
+7. ``privileges``: drop the capability bounding set, ``setgroups``, ``setresgid``,
+   ``setresuid`` (by number), ``no_new_privs``.
 8. ``exec``: ``execve`` of :attr:`SpawnPlan.path` (a bare name is searched in ``PATH`` of the
    plan's environment, inside the sandbox).
 """

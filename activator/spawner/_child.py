@@ -26,9 +26,11 @@ Theory of operation, the parts the plan does not spell out:
 - INACCESSIBLE binds a mode-0 directory or file from a small read-only tmpfs made for the child
   with ``fsopen``/``fsmount``. That tmpfs is never attached anywhere, so nothing is left on the
   host; cloning from a detached mount needs a recent kernel (it works on 6.18).
-- Kernel keys (``keyring``): once it runs as its UID, every handler joins a new anonymous
-  session keyring of its own (``KEYCTL_JOIN_SESSION_KEYRING``), owned by that UID and linked
-  to nothing, as systemd's ``KeyringMode=private`` (its default for system services) does in
+- Kernel keys (``keyring``): just before it drops to its UID, every handler joins a new
+  anonymous session keyring of its own (``KEYCTL_JOIN_SESSION_KEYRING``), linked to nothing,
+  owned by root (so it is not charged to the UID: a UID's key count shows only keys the
+  handler made, and a released UID is not busy while the kernel frees the empty keyring) and
+  possessed by the handler with every right, in the spirit of systemd's ``KeyringMode=private`` (its default for system services) does in
   ``setup_keyring()`` of ``src/core/execute.c``. Without it a handler would share the spawner's
   session keyring (under systemd, the activator service's: possessed by every handler, so one
   handler's keys there are every other handler's to read), or, with none, fall back to its
@@ -267,8 +269,11 @@ class _Child:
         self.descriptors()
         self.chdir()
         self.session()
-        self.privileges()
+        # As root: the keyring is then charged to root, not to the handler's UID, so the UID's
+        # key count (/proc/key-users) shows only keys the handler made, and a released UID is
+        # not kept busy while the kernel frees the handler's empty session keyring (60-80 ms).
         self.keyring()
+        self.privileges()
         self.execute()
 
     def session(self) -> None:
@@ -433,7 +438,8 @@ class _Child:
             raise _Failure(PRIVILEGES, error.errno or errnos.EPERM, step) from None
 
     def keyring(self) -> None:
-        """A new session keyring of the handler's own (see the module docstring)."""
+        """A new session keyring of the handler's own (see the module docstring), made as root:
+        the handler possesses it (all possessor rights), and keys it adds are its UID's."""
         try:
             _linux.keyctl(_linux.KEYCTL_JOIN_SESSION_KEYRING, 0)
         except OSError as error:
