@@ -37,7 +37,7 @@ from activator.leases import LeaseService
 from activator.model import ServiceUnit
 from activator.plan import Descriptors
 from activator.settings import Settings
-from activator.spawner import Handler, Spawner
+from activator.spawner import Handler, Spawner, SpawnerDied, SpawnFailed
 from activator.userdb import SOCKET_PATH, serve_userdb
 
 logger = logging.getLogger(__name__)
@@ -77,7 +77,9 @@ async def _main(
                 settings.pool.last,
                 on_exhausted=settings.pool.on_exhausted,
                 wait_timeout=settings.pool.wait_timeout_sec,
-                reclaim=lambda record: _reclaim(cgroups, record),
+                max_waiting=settings.pool.max_waiting,
+                reuse_delay=settings.pool.reuse_delay_sec,
+                reclaim=lambda record: _reclaim(cgroups, spawner, record),
             )
             await trio.to_thread.run_sync(leases.recover, trio.current_time())
             await nursery.start(leases.run)
@@ -193,14 +195,21 @@ def _raw_terminal(fd: int) -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
-def _reclaim(cgroups: teardown.Cgroups, record: dict[str, object] | None) -> None:
-    """Kill what a stale lease's invocation left running (in a worker thread, at start)."""
+def _reclaim(cgroups: teardown.Cgroups, spawner: Spawner, record: dict[str, object] | None) -> None:
+    """Kill what a stale lease's invocation left running, then clear the kernel keys its UID
+    still owns (in a worker thread, at start). A UID whose keys cannot be cleared stays out of
+    the pool: its probe reports them."""
     if record is None:
         return
     name = record.get("cgroup")
-    if not isinstance(name, str):
-        return
-    for cgroup in cgroups.leftovers():
-        # The record names the cgroup (unit/invocation); older records held its first path.
-        if name == cgroup.name or name in cgroup.paths:
-            trio.from_thread.run(teardown.kill_and_wait, cgroups, cgroup)
+    if isinstance(name, str):
+        for cgroup in cgroups.leftovers():
+            # The record names the cgroup (unit/invocation); older records held its first path.
+            if name == cgroup.name or name in cgroup.paths:
+                trio.from_thread.run(teardown.kill_and_wait, cgroups, cgroup)
+    uid = record.get("uid")
+    if isinstance(uid, int) and not isinstance(uid, bool) and uidstore.has_keys(uid):
+        try:
+            trio.from_thread.run(spawner.clear_keyrings, uid)
+        except (SpawnFailed, SpawnerDied, ValueError) as error:
+            logger.warning("clearing the kernel keys of reclaimed UID %d: %s", uid, error)

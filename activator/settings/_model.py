@@ -154,6 +154,32 @@ def _positive_seconds(value: object) -> float:
     return seconds
 
 
+def _non_negative_seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        msg = f"must be a number of seconds (got {_type_name(value)})"
+        raise _Invalid(msg)
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not (math.isfinite(seconds) and seconds >= 0):
+        msg = "must be a finite number of seconds >= 0"
+        raise _Invalid(msg)
+    return seconds
+
+
+#: The largest wait queue: each waiter holds an accepted connection (a descriptor).
+_MAX_WAITING = 1_000_000
+
+
+def _positive_count(value: object) -> int:
+    count = _integer(value)
+    if not 1 <= count <= _MAX_WAITING:
+        msg = f"must be 1..{_MAX_WAITING}"
+        raise _Invalid(msg)
+    return count
+
+
 def _choice(enum_cls: type[_E]) -> Callable[[object], _E]:
     options = " or ".join(repr(member.value) for member in enum_cls)
 
@@ -342,6 +368,10 @@ class PoolSettings:
         last: the highest UID of the pool (default 0xFFEF).
         on_exhausted: what a connection gets when no UID is free.
         wait_timeout_sec: with ``on_exhausted = "wait"``, how long to wait for a free UID.
+        max_waiting: with ``on_exhausted = "wait"``, how many invocations may wait at once;
+            one more is refused at once.
+        reuse_delay_sec: how long a released UID rests before it is leased again (0: at
+            once; released UIDs go to the back of the queue either way).
     """
 
     first: int = attrs.field(default=61184, metadata=_key(_pool_uid))
@@ -350,6 +380,8 @@ class PoolSettings:
         default=OnExhausted.REJECT, metadata=_key(_choice(OnExhausted))
     )
     wait_timeout_sec: float = attrs.field(default=5.0, metadata=_key(_positive_seconds))
+    max_waiting: int = attrs.field(default=1024, metadata=_key(_positive_count))
+    reuse_delay_sec: float = attrs.field(default=0.0, metadata=_key(_non_negative_seconds))
 
 
 def _check_pool(pool: object) -> list[_Finding]:

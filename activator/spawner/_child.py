@@ -30,11 +30,13 @@ Theory of operation, the parts the plan does not spell out:
   anonymous session keyring of its own (``KEYCTL_JOIN_SESSION_KEYRING``), linked to nothing,
   owned by root (so it is not charged to the UID: a UID's key count shows only keys the
   handler made, and a released UID is not busy while the kernel frees the empty keyring) and
-  possessed by the handler with every right, in the spirit of systemd's ``KeyringMode=private`` (its default for system services) does in
-  ``setup_keyring()`` of ``src/core/execute.c``. Without it a handler would share the spawner's
-  session keyring (under systemd, the activator service's: possessed by every handler, so one
-  handler's keys there are every other handler's to read), or, with none, fall back to its
-  UID's user-session keyring, which outlives the invocation. The user keyring is not linked in
+  possessed by the handler with every right, in the spirit of systemd's
+  ``KeyringMode=private`` (its default for system services; ``setup_keyring()`` of
+  ``src/core/execute.c``, which makes it owned by the service's user). Without it a handler
+  would share the spawner's session keyring (under systemd, the activator service's:
+  possessed by every handler, so one handler's keys there are every other handler's to
+  read), or, with none, fall back to its UID's user-session keyring, which outlives the
+  invocation. The user keyring is not linked in
   (that is ``KeyringMode=shared``): keys a handler puts in its UID's keyrings explicitly are
   cleared at teardown by :func:`clear_keyrings`. A kernel without keys (ENOSYS) has nothing to
   share, so that error alone is no failure.

@@ -140,7 +140,7 @@ def test_unknown_key_names_the_dotted_path_and_the_known_keys() -> None:
     text = "# settings\n\n[pool]\nfirst = 61184\nlast = 65519\n\nfrist = 61184\n"
     assert messages_of(text) == [
         "activator.toml:7: pool.frist: unknown key "
-        "(known: first, last, on_exhausted, wait_timeout_sec)"
+        "(known: first, last, on_exhausted, wait_timeout_sec, max_waiting, reuse_delay_sec)"
     ]
 
 
@@ -869,7 +869,8 @@ def test_range_problems_are_reported_beside_other_errors_of_the_table() -> None:
         parse_settings(text, "a.toml")
     assert [str(p) for p in e.value.problems] == [
         "a.toml:3: pool='65000..70000': must not contain 65534 (nobody) or 65535 ((uint16_t)-1)",
-        "a.toml:4: pool.frist: unknown key (known: first, last, on_exhausted, wait_timeout_sec)",
+        "a.toml:4: pool.frist: unknown key (known: first, last, on_exhausted, wait_timeout_sec,"
+        " max_waiting, reuse_delay_sec)",
         "a.toml:5: pool.on_exhausted='3': must be a string (got int)",
     ]
 
@@ -878,3 +879,29 @@ def test_a_refused_bound_is_not_judged_by_its_default() -> None:
     with pytest.raises(ConfigError) as e:
         parse_settings("[pool]\nfirst = 'x'\nlast = 70000\n", "a.toml")
     assert [p.key for p in e.value.problems] == ["pool.first"]
+
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        ("max_waiting = 0", "pool.max_waiting='0': must be 1..1000000"),
+        ("max_waiting = true", "pool.max_waiting='true': must be an integer (got bool)"),
+        (
+            "reuse_delay_sec = -1",
+            "pool.reuse_delay_sec='-1': must be a finite number of seconds >= 0",
+        ),
+        (
+            "reuse_delay_sec = nan",
+            "pool.reuse_delay_sec='nan': must be a finite number of seconds >= 0",
+        ),
+    ],
+)
+def test_wait_queue_bound_and_reuse_delay_are_checked(line: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_settings(f"[pool]\n{line}\n", "a.toml")
+    assert [str(p) for p in error.value.problems] == [f"a.toml:2: {reason}"]
+
+
+def test_reuse_delay_may_be_zero_or_more() -> None:
+    settings = parse_settings("[pool]\nreuse_delay_sec = 0\nmax_waiting = 3\n", "a.toml")
+    assert (settings.pool.reuse_delay_sec, settings.pool.max_waiting) == (0.0, 3)
