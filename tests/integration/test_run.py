@@ -159,3 +159,32 @@ def test_every_handler_leads_a_session_of_its_own() -> None:
     # Field 6 of /proc/PID/stat is the session id: the handler's own PID, 1 in its namespace.
     result = run_activator(*DYNAMIC, "sh", "-c", "cut -d' ' -f6 /proc/$$/stat; echo $$")
     assert result.stdout.split() == ["1", "1"], result.stderr
+
+
+def test_tasks_max_and_memory_max_are_enforced_through_the_invocation_cgroup() -> None:
+    # TasksMax=3: the program and two children; the third fork fails (EAGAIN).
+    forks = run_activator(
+        *DYNAMIC, "-p", "TasksMax=3", "python3", "-c",
+        "import os, time\n"
+        "born = 0\n"
+        "for _ in range(5):\n"
+        "    try:\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(3); os._exit(0)\n"
+        "    except OSError:\n"
+        "        break\n"
+        "    born += 1\n"
+        "print(born)\n",
+    )  # fmt: skip
+    assert (forks.returncode, forks.stdout) == (0, "2\n"), forks.stderr
+    memory = run_activator(
+        *DYNAMIC, "-p", "MemoryMax=32M", "python3", "-c", "b = bytearray(256 * 1024 * 1024)"
+    )
+    assert memory.returncode == 128 + 9  # the OOM killer's SIGKILL
+
+
+def test_private_network_has_only_loopback() -> None:
+    result = run_activator(*DYNAMIC, "-p", "PrivateNetwork=yes", "cat", "/proc/net/dev")
+    assert result.returncode == 0, result.stderr
+    interfaces = [line.split(":")[0].strip() for line in result.stdout.splitlines()[2:]]
+    assert interfaces == ["lo"]
