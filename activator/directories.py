@@ -379,6 +379,56 @@ def remove_runtime_directories(service: ServiceUnit, *, root: str = "/") -> None
             os.close(parent_fd)
 
 
+def remove_owned_runtime_entries(uid: int, *, root: str = "/") -> list[str]:
+    """Remove what ``uid`` owns directly under /run or one level below a root-owned directory
+    there (``/run/NAME``, ``/run/foo/NAME``): the runtime directories of an invocation whose
+    activator died before its teardown. The boundary ``/run/private`` is left alone (what
+    lives there is preserved on purpose and unreachable). Returns the paths removed.
+
+    Raises:
+        DirectoryError: naming the path and the errno text.
+    """
+    base = _base(root, _RUNTIME)
+    removed: list[str] = []
+    try:
+        base_fd = os.open(base, _OPEN_DIR)
+    except FileNotFoundError:
+        return removed
+    except OSError as error:
+        raise _error(error, "open", base) from error
+    try:
+        for name, parent_fd, parent in _runtime_candidates(base_fd, base):
+            try:
+                st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if st.st_uid == uid:
+                _remove_tree(parent_fd, parent, name)
+                removed.append(f"{parent}/{name}")
+    finally:
+        os.close(base_fd)
+    return removed
+
+
+def _runtime_candidates(base_fd: int, base: str) -> Iterator[tuple[str, int, str]]:
+    """(name, parent fd, parent path) of /run's entries and of the entries of its root-owned
+    subdirectories (symlinks never followed; /run/private skipped)."""
+    for name in sorted(os.listdir(base_fd)):
+        if name == "private":
+            continue
+        yield name, base_fd, base
+        try:
+            sub = os.open(name, _OPEN_DIR, dir_fd=base_fd)
+        except OSError:
+            continue  # not a directory, a symlink, gone, or unreadable
+        try:
+            if os.fstat(sub).st_uid == 0:
+                for inner in sorted(os.listdir(sub)):
+                    yield inner, sub, f"{base}/{name}"
+        finally:
+            os.close(sub)
+
+
 # --- one directory -----------------------------------------------------------------------------
 
 
@@ -654,9 +704,61 @@ def _chown_dir(fd: int, st: os.stat_result, uid: int, gid: int, mask: int) -> No
     os.fchown(fd, uid, gid)
 
 
+def _empty_flat(top: int, path: str) -> None:
+    """Empty the directory ``top`` by flattening: files and empty directories are removed,
+    the entries of a non-empty subdirectory are renamed up into ``top`` and the subdirectory
+    removed; repeated until ``top`` is empty. Each pass lifts the tree by one level, so memory
+    and descriptors stay bounded (a rename never crosses a filesystem: EXDEV names a mount
+    point, which is an error). The tree's owner is gone (teardown runs after its last
+    process), so nothing moves under the walk."""
+    counter = 0
+    while True:
+        try:
+            names = os.listdir(top)
+        except OSError as error:
+            raise _error(error, "read", path) from error
+        if not names:
+            return
+        for name in names:
+            try:
+                os.unlink(name, dir_fd=top)
+                continue
+            except FileNotFoundError:
+                continue
+            except IsADirectoryError:
+                pass
+            except OSError as error:
+                if error.errno != errno.EPERM:  # EPERM: unlink() of a directory, on Linux
+                    raise _error(error, "unlink", f"{path}/{name}") from error
+            try:
+                os.rmdir(name, dir_fd=top)
+                continue
+            except FileNotFoundError:
+                continue
+            except OSError as error:
+                if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise _error(error, "rmdir", f"{path}/{name}") from error
+            try:
+                sub = os.open(name, _WALK_DIR, dir_fd=top)
+            except OSError as error:
+                raise _error(error, "open", f"{path}/{name}") from error
+            try:
+                for inner in os.listdir(sub):
+                    counter += 1
+                    try:
+                        os.rename(inner, f".activator-rm-{counter}", src_dir_fd=sub, dst_dir_fd=top)
+                    except FileExistsError:
+                        continue  # retried on the next pass under the next counter
+                    except OSError as error:
+                        raise _error(error, "rename", f"{path}/{name}/{inner}") from error
+            finally:
+                os.close(sub)
+
+
 def _remove_tree(dir_fd: int, parent: str, name: str) -> None:
     """Remove ``name`` in ``dir_fd`` and everything below it (``rm -rf``, not following
-    symlinks, not entering other filesystems)."""
+    symlinks, not entering other filesystems), with at most three descriptors open whatever
+    the depth: a handler may leave a tree deeper than the activator's descriptor limit."""
     path = f"{parent}/{name}"
     try:
         fd = os.open(name, _WALK_DIR, dir_fd=dir_fd)
@@ -673,22 +775,7 @@ def _remove_tree(dir_fd: int, parent: str, name: str) -> None:
             raise _error(unlink_error, "unlink", path) from unlink_error
         return
     try:
-        try:
-            dev = os.fstat(fd).st_dev
-        except OSError as error:
-            raise _error(error, "stat", path) from error
-        for entry in _walk(fd, path, dev):
-            try:
-                if entry.st is not None:
-                    # A mount point fails here with EBUSY, and is named in the error.
-                    os.rmdir(entry.name, dir_fd=entry.dir_fd)
-                else:
-                    os.unlink(entry.name, dir_fd=entry.dir_fd)
-            except FileNotFoundError:
-                continue
-            except OSError as error:
-                op = "rmdir" if entry.st is not None else "unlink"
-                raise _error(error, op, entry.path) from error
+        _empty_flat(fd, path)
     finally:
         os.close(fd)
     try:

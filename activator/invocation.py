@@ -213,29 +213,37 @@ async def run_invocation(
                     extra_env=extra_env,
                     host=runtime.host,
                 )
-            except PlanError as error:
+            except (PlanError, ValueError) as error:
                 raise _Failed(stage="plan", message=str(error)) from error
             spawn_started = time.perf_counter()
             try:
                 handler = await runtime.spawner.spawn(plan, fds)
             except SpawnFailed as error:
                 raise _Failed(error.stage, str(error)) from error
+            except ValueError as error:  # a plan the spawner cannot carry (size, descriptors)
+                raise _Failed(stage="plan", message=str(error)) from error
             except SpawnerDied as error:
                 raise _Failed(stage="spawner", message=str(error)) from error
             finally:
                 for fd in opened_fds:
                     os.close(fd)
+                opened_fds.clear()
             if runtime.on_started is not None:
                 runtime.on_started(unit, invocation, time.perf_counter() - spawn_started)
             if on_spawned is not None:
                 on_spawned(handler)
-            status = await _wait(handler, service)
+            try:
+                status = await _wait(handler, service)
+            except SpawnerDied as error:
+                raise _Failed(stage="spawner", message=str(error)) from error
             vacated_how = "pid namespace"
         except _Failed as error:
             failure = error
         except PoolExhausted as error:
             failure = _Failed(stage="lease", message=str(error))
         finally:
+            for fd in opened_fds:  # opened, but the spawn was never reached
+                os.close(fd)
             with trio.CancelScope(shield=True):
                 await _teardown(runtime, service, cgroup, lease, vacated_how, unit)
     except (teardown.TeardownError, OSError) as error:
@@ -273,6 +281,10 @@ async def _identity(
         name = user_name(service.name.name)
     if name is not None:
         static = await _in_thread("user", _static_user, name)
+        if static is not None and runtime.leases.first <= static.uid <= runtime.leases.last:
+            # A UID of the pool is a dynamic user (another activator's, seen through NSS),
+            # never a static one to share: as systemd, which ignores users in its dynamic range.
+            static = None
         if static is not None or not service.dynamic_user:
             if static is None:
                 msg = f"User={name}: no such user"
@@ -358,8 +370,10 @@ async def _teardown(
     if service.runtime_directory:
         try:
             await trio.to_thread.run_sync(directories.remove_runtime_directories, service)
-        except OSError as error:
-            logger.warning("%s: removing its runtime directory: %s", unit, error)
+        except (OSError, directories.DirectoryError) as error:
+            # Files of the UID would stay reachable under /run: the lease is kept.
+            msg = f"removing the runtime directory: {error}"
+            raise teardown.TeardownError(msg) from error
     if lease is not None:
         await _clear_keys(runtime, lease.uid, unit)
         await runtime.leases.release(lease, Vacated(lease.uid, how))

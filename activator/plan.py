@@ -602,6 +602,11 @@ def _host_remount(
     return _Step(mount, priority)
 
 
+_CGROUP_COVER: Final = Mount(
+    MountKind.TMPFS, "/sys/fs/cgroup", options="mode=0755", optional=True, noexec=True
+)
+
+
 def sandbox_mounts(service: ServiceUnit) -> tuple[Mount, ...]:
     """The mount steps of ``service``'s sandbox, in the order the spawner applies them (the same
     for every invocation of the unit, whoever it runs as)."""
@@ -612,6 +617,10 @@ def sandbox_mounts(service: ServiceUnit) -> tuple[Mount, ...]:
         _Step(Mount(MountKind.PROC, "/proc", noexec=True), _PROC),
         _Step(Mount(MountKind.TMPFS, "/dev/shm", options="mode=1777"), _TMPFS),
         _Step(Mount(MountKind.MQUEUE, "/dev/mqueue", optional=True, noexec=True), _MQUEUE),
+        # The host's cgroup tree names every live invocation and its process count; a handler
+        # sees an empty, read-only directory there instead (invariant 4: it cannot see other
+        # handlers). Its own cgroup was joined before the mounts.
+        _Step(_CGROUP_COVER, _EMPTY_DIR, seal=True),
     ]
     steps += _protect_system(service)
     steps += _protect_home(service)

@@ -31,7 +31,7 @@ from typing import Final
 
 import trio
 
-from activator import teardown, uidstore
+from activator import directories, teardown, uidstore
 from activator.invocation import Outcome, Runtime, run_invocation
 from activator.leases import LeaseService
 from activator.model import ServiceUnit
@@ -101,6 +101,8 @@ async def _start_userdb(nursery: trio.Nursery, leases: LeaseService) -> None:
     path = SOCKET_PATH
     if await _socket_answers(path):
         path = f"{SOCKET_PATH}.run-{os.getpid()}"
+        # Our own lookups must skip this socket too (they never wait on our own loop).
+        uidstore.bypass_own_userdb(os.path.basename(path))
     await nursery.start(serve_userdb, leases, path)
 
 
@@ -208,7 +210,13 @@ def _reclaim(cgroups: teardown.Cgroups, spawner: Spawner, record: dict[str, obje
             if name == cgroup.name or name in cgroup.paths:
                 trio.from_thread.run(teardown.kill_and_wait, cgroups, cgroup)
     uid = record.get("uid")
-    if isinstance(uid, int) and not isinstance(uid, bool) and uidstore.has_keys(uid):
+    if not isinstance(uid, int) or isinstance(uid, bool):
+        return
+    # Runtime directories the dead invocation left under /run (the record does not name them).
+    removed = directories.remove_owned_runtime_entries(uid)
+    for path in removed:
+        logger.info("removed %s, left by UID %d before a crash", path, uid)
+    if uidstore.has_keys(uid):
         try:
             trio.from_thread.run(spawner.clear_keyrings, uid)
         except (SpawnFailed, SpawnerDied, ValueError) as error:

@@ -1032,7 +1032,7 @@ def remove_ipc(
 # --- NSS --------------------------------------------------------------------------------------
 
 
-def bypass_own_userdb() -> None:
+def bypass_own_userdb(service: str = USERDB_SERVICE) -> None:
     """Make this process's NSS lookups (and its children's) skip activator's userdb service.
 
     nss-systemd reads ``$SYSTEMD_BYPASS_USERDB`` at each lookup (``userdb_start_query`` in
@@ -1040,13 +1040,14 @@ def bypass_own_userdb() -> None:
     else is a colon-separated list of service names (socket names in /run/systemd/userdb/) to
     skip. nss-systemd never goes through the io.systemd.Multiplexer (it passes
     USERDB_EXCLUDE_NSS), so skipping our socket is enough. Call it once at start, before any
-    thread does a lookup; what activator spawns must get its own environment.
+    thread does a lookup (and again with the name of any other socket this process serves);
+    what activator spawns must get its own environment.
     """
     name = "SYSTEMD_BYPASS_USERDB"
     current = os.environ.get(name)
     if current is None or current.strip().lower() in _SYSTEMD_FALSE:
-        os.environ[name] = USERDB_SERVICE
+        os.environ[name] = service
     elif current.strip().lower() in _SYSTEMD_TRUE:
         return  # every userdb service is skipped already
-    elif USERDB_SERVICE not in current.split(":"):
-        os.environ[name] = f"{current}:{USERDB_SERVICE}" if current else USERDB_SERVICE
+    elif service not in current.split(":"):
+        os.environ[name] = f"{current}:{service}" if current else service

@@ -7,6 +7,7 @@ one test uses the real /var/lib with a unique name and removes what it made.
 from __future__ import annotations
 
 import os
+import resource
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -253,6 +254,28 @@ def test_runtime_directory_is_created_and_removed(tmp_path: Path) -> None:
     assert (run / "nested").is_dir()  # parents stay, as systemd leaves them
     assert outside.read_text() == "keep me"
     remove_runtime_directories(unit, root=str(tmp_path))  # already gone: fine
+
+
+def test_a_tree_deeper_than_the_descriptor_limit_is_removed(tmp_path: Path) -> None:
+    # A handler may nest directories deeper than the activator's RLIMIT_NOFILE and than
+    # PATH_MAX: removal must still finish, or the UID's files outlive its lease.
+    unit = dynamic(runtime_directory=("deep",))
+    prepare_directories(unit, UID, UID, root=str(tmp_path))
+    fd = os.open(tmp_path / "run" / "deep", os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(1500):
+        os.mkdir("d", dir_fd=fd)
+        os.close(os.open("f", os.O_CREAT | os.O_WRONLY, dir_fd=fd))
+        inner = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = inner
+    os.close(fd)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    try:
+        remove_runtime_directories(unit, root=str(tmp_path))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert not (tmp_path / "run" / "deep").exists()
 
 
 @pytest.mark.parametrize(

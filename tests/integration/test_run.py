@@ -188,3 +188,41 @@ def test_private_network_has_only_loopback() -> None:
     assert result.returncode == 0, result.stderr
     interfaces = [line.split(":")[0].strip() for line in result.stdout.splitlines()[2:]]
     assert interfaces == ["lo"]
+
+
+def test_a_user_whose_uid_is_in_the_pool_is_never_taken_as_static() -> None:
+    # NSS may show another activator's dynamic user; sharing its UID would break invariant 1.
+    # A user in the pool range is never used as a static one: the run gets a lease of its own.
+    name, uid = "act-pool-static", 65431
+    subprocess.run(
+        ["useradd", "-u", str(uid), "-M", "-N", "-s", "/usr/sbin/nologin", name], check=True
+    )
+    try:
+        result = run_activator(*DYNAMIC, "-p", f"User={name}", "id", "-u")
+        assert result.returncode == 0, result.stderr
+        got = int(result.stdout)
+        assert in_pool(got)
+        assert got != uid
+        # Without DynamicUser=, User= must name a real static user: a pool UID is refused.
+        static = run_activator("run", "--pipe", "-p", f"User={name}", "id", "-u")
+        assert static.returncode == 127
+        assert f"User={name}: no such user" in static.stderr
+    finally:
+        subprocess.run(["userdel", name], check=True)
+
+
+def test_a_runtime_directory_deeper_than_the_descriptor_limit_is_removed(
+    directory_name: Callable[[str], str],
+) -> None:
+    name = directory_name("deep")
+    script = (
+        'cd "$RUNTIME_DIRECTORY"; i=0;'
+        " while [ $i -lt 1200 ]; do mkdir d; cd d; i=$((i+1)); done; echo x > f"
+    )
+    result = subprocess.run(
+        ["sh", "-c", 'ulimit -n 512; exec "$@"', "sh",
+         *activator_command(*DYNAMIC, "-p", f"RuntimeDirectory={name}", "sh", "-c", script)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert not os.path.lexists(f"/run/{name}")

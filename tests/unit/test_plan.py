@@ -33,6 +33,8 @@ from activator.units import parse_unit_name, parse_unit_text
 from tests.strategies import services
 
 INVOCATION = "0123456789abcdef0123456789abcdef"
+#: Every sandbox covers the host's cgroup tree with an empty, sealed tmpfs.
+CGROUPS = "/sys/fs/cgroup"
 DYNAMIC = Identity(61234, 61234, "run-u1", "run-u1")
 ROOT = Identity(0, 0, "root", "root", home="/root", shell="/bin/sh", dynamic=False)
 ALICE = Identity(1000, 1000, "alice", "alice", home="/home/alice", shell="/bin/bash", dynamic=False)
@@ -268,11 +270,13 @@ def test_dynamic_user_state_directory_gives_exactly_this_sandbox() -> None:
         Mount(TMPFS, "/dev/shm", options="mode=1777"),
         Mount(MountKind.PROC, "/proc", noexec=True),
         Mount(RW, "/sys", recursive=False, nodev=False),
+        Mount(TMPFS, CGROUPS, options="mode=0755", optional=True, noexec=True),
         Mount(TMPFS, "/tmp", options="mode=1777"),
         Mount(TMPFS, private, options="mode=0755", noexec=True),
         Mount(MountKind.MKDIR, f"{private}/wuff", options="0755"),
         Mount(BIND, f"{private}/wuff", source=f"{private}/wuff"),
         Mount(TMPFS, "/var/tmp", options="mode=1777"),
+        Mount(RO, CGROUPS, optional=True, recursive=False, nodev=False),
         Mount(RO, private, recursive=False, nodev=False),
     )
     assert ("STATE_DIRECTORY", "/var/lib/wuff") in p.env
@@ -334,7 +338,7 @@ def test_static_user_directories_are_bound_in_place() -> None:
 
 
 def test_private_tmp() -> None:
-    assert targets(plan(unit()), TMPFS) == ["/dev/shm"]
+    assert targets(plan(unit()), TMPFS) == ["/dev/shm", CGROUPS]
     p = plan(unit("PrivateTmp=yes"), ROOT)
     assert [m for m in p.mounts if m.target in ("/tmp", "/var/tmp")] == [
         Mount(TMPFS, "/tmp", options="mode=1777"),
@@ -367,7 +371,7 @@ def test_protect_home(level: str, expected: list[tuple[MountKind, str, str]]) ->
     assert [(m.kind, m.target, m.options) for m in homes] == expected
     assert all(m.optional for m in homes if m.kind is not RO or level != "tmpfs")
     if level == "tmpfs":  # sealed after everything inside, itself only
-        assert p.mounts[-3:] == tuple(
+        assert p.mounts[-4:-1] == tuple(
             Mount(RO, h, optional=True, recursive=False, nodev=False)
             for h in ("/home", "/root", "/run/user")
         )
@@ -392,21 +396,27 @@ def test_private_devices() -> None:
         (TMPFS, "/dev/shm"),
         (RO, "/dev"),
     ]
-    assert p.mounts[-1] == Mount(RO, "/dev", recursive=False, nodev=False)
+    assert p.mounts[-2] == Mount(RO, "/dev", recursive=False, nodev=False)
     strict = plan(unit("PrivateDevices=yes", "ProtectSystem=strict"), ALICE)
     assert (RW, "/dev") not in [(m.kind, m.target) for m in strict.mounts]
 
 
 def test_protect_system_levels() -> None:
     def ro(level: str) -> list[str]:
-        return targets(plan(unit(f"ProtectSystem={level}"), ROOT), RO)
+        found = targets(plan(unit(f"ProtectSystem={level}"), ROOT), RO)
+        return [path for path in found if path != CGROUPS]
 
     assert ro("no") == []
     assert ro("yes") == ["/boot", "/efi", "/usr"]
     assert ro("full") == ["/boot", "/efi", "/etc", "/usr"]
     assert ro("strict") == ["/"]
     full = plan(unit("ProtectSystem=full"), ROOT)
-    assert [m.optional for m in full.mounts if m.kind is RO] == [True, True, False, False]
+    assert [m.optional for m in full.mounts if m.kind is RO and m.target != CGROUPS] == [
+        True,
+        True,
+        False,
+        False,
+    ]
 
 
 def test_path_directives() -> None:
@@ -756,3 +766,10 @@ def test_a_preserved_runtime_directory_of_a_dynamic_user_is_bound_from_run_priva
     assert Mount(BIND, "/run/private/keep", source="/run/private/keep") in mounts
     assert Mount(TMPFS, "/run/private", options="mode=0755", noexec=True) in mounts
     assert not [m for m in mounts if m.target == "/run/keep"]
+
+
+def test_every_sandbox_hides_the_hosts_cgroup_tree() -> None:
+    for service in (unit(), unit("DynamicUser=yes"), unit("ProtectSystem=strict")):
+        mounts = plan(service).mounts
+        assert Mount(TMPFS, CGROUPS, options="mode=0755", optional=True, noexec=True) in mounts
+        assert simulate(mounts, "/sys/fs/cgroup/activator") in ("gone", "ro")
