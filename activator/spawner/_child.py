@@ -447,6 +447,13 @@ class _Child:
         except OSError as error:
             if error.errno != errnos.ENOSYS:
                 raise _failure(KEYRING, error, "KEYCTL_JOIN_SESSION_KEYRING") from None
+        if self.plan.uid != 0:
+            # A handler must not make its user keyring uncleanable (KEYCTL_SETPERM): its UID
+            # could then never be released. Installed as root, so no_new_privs is not needed.
+            try:
+                _linux.deny_keyctl_setperm()
+            except OSError as error:
+                raise _failure(KEYRING, error, "seccomp") from None
 
     def execute(self) -> NoReturn:
         plan = self.plan

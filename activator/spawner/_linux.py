@@ -255,3 +255,81 @@ def keyctl(operation: int, arg2: int = 0, arg3: int = 0) -> int:
         msg = f"keyctl: no syscall number known for {os.uname().machine}"
         raise OSError(error, msg)
     return _check(_keyctl(_SYS_KEYCTL, operation, arg2, arg3, 0, 0))
+
+
+# --- seccomp: refuse keyctl(KEYCTL_SETPERM) ---------------------------------------------------
+
+KEYCTL_SETPERM: Final = 5
+_PR_SET_SECCOMP: Final = 22
+_SECCOMP_MODE_FILTER: Final = 2
+_SECCOMP_RET_ALLOW: Final = 0x7FFF0000
+_SECCOMP_RET_ERRNO: Final = 0x00050000
+# BPF opcodes: BPF_LD|BPF_W|BPF_ABS, BPF_JMP|BPF_JEQ|BPF_K, BPF_RET|BPF_K.
+_LD_ABS, _JEQ, _RET = 0x20, 0x15, 0x06
+# offsetof(struct seccomp_data, ...): nr, arch, args[0] (its low 32 bits on little endian).
+_NR, _ARCH, _ARG0_LOW = 0, 4, 16
+#: The audit architecture and the keyctl numbers the filter must catch, per machine. x86_64
+#: also has the x32 ABI (numbers with bit 30 set) under the same audit architecture.
+_SECCOMP_KEYCTL: Final = {
+    ("x86_64", 64): (0xC000003E, (250, 0x40000000 | 250)),
+    ("aarch64", 64): (0xC00000B7, (219,)),
+}
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = (
+        ("code", ctypes.c_uint16),
+        ("jt", ctypes.c_uint8),
+        ("jf", ctypes.c_uint8),
+        ("k", ctypes.c_uint32),
+    )
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter)))
+
+
+def _keyctl_filter(arch: int, numbers: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
+    """A classic BPF program: EPERM for keyctl(KEYCTL_SETPERM, ...) of ``arch``, else allow.
+    Another architecture's calls (a 32-bit binary on a 64-bit kernel) are allowed: their keyctl
+    numbers differ, and i386 binaries cannot run where there is no i386 loader."""
+    allow, deny = (_RET, 0, 0, _SECCOMP_RET_ALLOW), (_RET, 0, 0, _SECCOMP_RET_ERRNO | errno.EPERM)
+    program = [(_LD_ABS, 0, 0, _ARCH)]
+    count = len(numbers)
+    # arch matches: go on; else jump to the final allow.
+    program.append((_JEQ, 0, count + 3, arch))
+    program.append((_LD_ABS, 0, 0, _NR))
+    for index, number in enumerate(numbers):
+        # A keyctl number: jump to the argument check; else try the next number.
+        program.append((_JEQ, count - index, 0, number))
+    program.append(allow)
+    program.append((_LD_ABS, 0, 0, _ARG0_LOW))
+    program.append((_JEQ, 0, 1, KEYCTL_SETPERM))
+    program.append(deny)
+    program.append(allow)
+    return program
+
+
+def deny_keyctl_setperm() -> None:
+    """Install a seccomp filter that refuses ``keyctl(KEYCTL_SETPERM)`` with EPERM.
+
+    A handler that takes the write permission on its own user keyring away makes it impossible
+    to clear, for itself and for root: its UID could never be released again. Nothing else is
+    filtered. Needs ``no_new_privs`` or CAP_SYS_ADMIN; inherited by every descendant, and
+    never removable.
+
+    Raises:
+        OSError: EOPNOTSUPP on a machine whose numbers are not known here.
+    """
+    known = _SECCOMP_KEYCTL.get((os.uname().machine, 8 * ctypes.sizeof(ctypes.c_void_p)))
+    if known is None:
+        msg = f"seccomp: keyctl numbers unknown for {os.uname().machine}"
+        raise OSError(errno.EOPNOTSUPP, msg)
+    arch, numbers = known
+    program = _keyctl_filter(arch, numbers)
+    filters = (_SockFilter * len(program))(*(_SockFilter(*step) for step in program))
+    fprog = _SockFprog(len(program), filters)
+    _check(_prctl_ptr(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0))
+
+
+_prctl_ptr = _function("prctl", _int, _int, _ulong, _ulong, _ulong, _ulong)

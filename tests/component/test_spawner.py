@@ -607,19 +607,27 @@ async def test_clear_keyrings_refuses_root_and_reports_failures(spawner: Spawner
             await spawner.clear_keyrings(uid)
     with pytest.raises(ValueError, match="gid must be"):
         await spawner.clear_keyrings(65063, gid=0)
-    # A handler can take its UID's write permission on its user keyring away: no one can clear it
-    # then (root has no override), and the failure says so.
     uid = 65063
     lock = plan_of("/usr/bin/python3", "-Ic", LOCKS_ITS_USER_KEYRING, "lock", uid=uid)
-    unlock = plan_of("/usr/bin/python3", "-Ic", LOCKS_ITS_USER_KEYRING, "unlock", uid=uid)
+    # A handler cannot take its UID's write permission on its user keyring away: the seccomp
+    # filter refuses KEYCTL_SETPERM (else no one could clear the keyring, root included).
+    output, _ = await run(spawner, lock)
+    assert output.startswith("add True\nsetperm error: Operation not permitted"), output
+    await spawner.clear_keyrings(uid)
+    await eventually(lambda: not uidstore.has_keys(uid))
+    # A process of the UID outside any sandbox still can; clearing then fails, and says so.
+    as_uid = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "/usr/bin/python3"]
     try:
-        assert await run(spawner, lock) == ("add True\nsetperm 0\n", ExitStatus(0, None))
+        host = await trio.run_process(
+            [*as_uid, "-Ic", LOCKS_ITS_USER_KEYRING, "lock"], capture_stdout=True, check=False
+        )
+        assert host.stdout == b"add True\nsetperm 0\n"
         with pytest.raises(SpawnFailed) as failed:
             await spawner.clear_keyrings(uid)
         assert (failed.value.stage, failed.value.errno) == ("keyring", errno.EACCES)
         assert str(failed.value) == f"keyring clear @u of UID {uid}: Permission denied"
         assert uidstore.has_keys(uid)
     finally:
-        assert await run(spawner, unlock) == ("setperm 0\n", ExitStatus(0, None))
+        await trio.run_process([*as_uid, "-Ic", LOCKS_ITS_USER_KEYRING, "unlock"])
         await spawner.clear_keyrings(uid)
     await eventually(lambda: not uidstore.has_keys(uid))
