@@ -125,6 +125,10 @@ class _Wanted:
     name: str
     mode: int
     private: bool
+    #: Inside another directory of the same directive (``StateDirectory=foo foo/bar``): with
+    #: ``private``, made inside the private parent only, with no public symlink of its own
+    #: (the parent's symlink leads to it), as systemd 250 and later do.
+    nested: bool = False
 
 
 def _wanted(service: ServiceUnit) -> list[_Wanted]:
@@ -136,7 +140,12 @@ def _wanted(service: ServiceUnit) -> list[_Wanted]:
         (_CACHE, service.cache_directory, service.cache_directory_mode, True),
         (_LOGS, service.logs_directory, service.logs_directory_mode, True),
     ):
-        out.extend(_Wanted(kind, name, mode, service.dynamic_user and private) for name in names)
+        for name in names:
+            parts = _parts(name)
+            nested = any(
+                other != name and _parts(other) == parts[: len(_parts(other))] for other in names
+            )
+            out.append(_Wanted(kind, name, mode, service.dynamic_user and private, nested))
     return out
 
 
@@ -443,6 +452,23 @@ def _prepare_one(wanted: _Wanted, uid: int, gid: int, mask: int, root: str) -> C
     try:
         base_fd = _open_base(base)
         fds.append(base_fd)
+        if wanted.private and wanted.nested:
+            # Below a directory of the same directive: only inside the boundary. The walk goes
+            # through the lease's own directories without following any symlink.
+            boundary_fd = _open_boundary(base_fd, base)
+            fds.append(boundary_fd)
+            private_fd, private_parent = _make_parents(
+                boundary_fd, f"{base}/{_BOUNDARY}", parts[:-1]
+            )
+            fds.append(private_fd)
+            path = f"{private_parent}/{leaf}"
+            leaf_fd, _ = _make_dir(private_fd, path, leaf, wanted.mode)
+            fds.append(leaf_fd)
+            try:
+                os.fchmod(leaf_fd, wanted.mode & mask)
+            except OSError as error:
+                raise _error(error, "chmod", path) from error
+            return _chown_tree(leaf_fd, path, uid, gid, mask)
         public_fd, public_parent = _make_parents(base_fd, base, parts[:-1])
         fds.append(public_fd)
         public = f"{public_parent}/{leaf}"

@@ -100,6 +100,27 @@ def test_nested_name_links_relative_from_its_parent(tmp_path: Path) -> None:
     assert (owner(private), mode(private)) == ((UID, UID), 0o755)
 
 
+@pytest.mark.parametrize("names", [("reva", "reva/b"), ("reva/b", "reva")])
+def test_a_name_inside_another_of_the_same_directive_lives_only_in_the_boundary(
+    tmp_path: Path, names: tuple[str, str]
+) -> None:
+    unit = dynamic(state_directory=names)
+
+    prepare_directories(unit, UID, UID, root=str(tmp_path))
+
+    lib = tmp_path / "var" / "lib"
+    assert os.readlink(lib / "reva") == "private/reva"
+    for path in (lib / "private" / "reva", lib / "private" / "reva" / "b"):
+        assert owner(path) == (UID, UID)
+    assert (lib / "reva" / "b").resolve() == lib / "private" / "reva" / "b"
+    # A symlink the handler plants there is never followed by the next set-up.
+    (lib / "private" / "reva" / "b").rmdir()
+    (lib / "private" / "reva" / "b").symlink_to(tmp_path)
+    with pytest.raises(DirectoryError, match="reva/b"):
+        prepare_directories(unit, OTHER, OTHER, root=str(tmp_path))
+    assert owner(tmp_path) == (0, 0)
+
+
 def test_every_kind_and_several_names(tmp_path: Path) -> None:
     unit = dynamic(
         runtime_directory=("r1", "r2"),
