@@ -781,7 +781,7 @@ def _order(steps: Sequence[_Step]) -> tuple[Mount, ...]:
             ordered.append(mount)
             if step.seal:
                 seal = _host_remount(MountKind.READ_ONLY, path, _READ_ONLY, recursive=False)
-                seals.append(attrs.evolve(seal.mount, optional=mount.optional))
+                seals.append(seal.mount._replace(optional=mount.optional))
     return (*ordered, *seals)
 
 
@@ -799,7 +799,7 @@ def _merge(group: list[_Step]) -> list[_Step]:
             first = read_only[0].mount
             recursive = any(step.mount.recursive for step in read_only)
             optional = all(step.mount.optional for step in read_only)
-            mount = attrs.evolve(first, recursive=recursive, optional=optional)
+            mount = first._replace(recursive=recursive, optional=optional)
             return [attrs.evolve(read_only[0], mount=mount)]
         return [group[0]]  # READ_WRITE: explicit before implicit
     winner, losers = creators[0], creators[1:]

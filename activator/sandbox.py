@@ -6,8 +6,9 @@ reads a file or calls the kernel.
 
 Rule 2: a plan crosses a process boundary, so it has an exact wire form: :func:`plan_to_wire`
 gives a dict of JSON types, :func:`plan_from_wire` reads it back and refuses anything else with
-:class:`ValueError`. This module imports only attrs and the standard library, so the spawner
-process stays small (its fork cost grows with its memory).
+:class:`ValueError`. This module imports only the standard library, not even attrs (its types
+are NamedTuples): the spawner imports it, and attrs imports ``threading``, whose after-fork hook
+doubles the time from ``fork()`` to the child's first line (0.35 -> 0.70 ms measured here).
 
 Theory of operation: the child applies a plan in this order, and each step names its stage in
 a failure report (``mount /var/lib/private: Permission denied``):
@@ -32,9 +33,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Mapping
-from typing import Final, TypeVar
-
-import attrs
+from typing import Final, NamedTuple, TypeVar
 
 #: Handlers that fail before exec exit with this status, as supervisors and shells do.
 EXIT_SPAWN_FAILED: Final = 127
@@ -69,8 +68,7 @@ class MountKind(enum.Enum):
     SYMLINK = "symlink"
 
 
-@attrs.frozen
-class Mount:
+class Mount(NamedTuple):
     """One mount step of a sandbox.
 
     Attributes:
@@ -94,8 +92,7 @@ class Mount:
     noexec: bool = False
 
 
-@attrs.frozen
-class RLimitSetting:
+class RLimitSetting(NamedTuple):
     """One ``setrlimit``: ``resource`` is the ``RLIMIT_*`` number; -1 is RLIM_INFINITY."""
 
     resource: int
@@ -103,8 +100,7 @@ class RLimitSetting:
     hard: int
 
 
-@attrs.frozen
-class SpawnPlan:
+class SpawnPlan(NamedTuple):
     """How to start one handler.
 
     Attributes:
@@ -166,31 +162,31 @@ _T = TypeVar("_T")
 def plan_to_wire(plan: SpawnPlan) -> dict[str, object]:
     """The plan as JSON types (lists for tuples, strings for enums)."""
     wire: dict[str, object] = {}
-    for field in attrs.fields(SpawnPlan):
-        value = getattr(plan, field.name)
-        if field.name == "mounts":
+    for name in SpawnPlan._fields:
+        value = getattr(plan, name)
+        if name == "mounts":
             value = [_mount_to_wire(mount) for mount in value]
-        elif field.name == "rlimits":
+        elif name == "rlimits":
             value = [[limit.resource, limit.soft, limit.hard] for limit in value]
-        elif field.name in ("env", "fd_map"):
+        elif name in ("env", "fd_map"):
             value = [list(pair) for pair in value]
         elif isinstance(value, tuple):
             value = list(value)
-        wire[field.name] = value
+        wire[name] = value
     return wire
 
 
 def _mount_to_wire(mount: Mount) -> dict[str, object]:
     wire: dict[str, object] = {}
-    for field in attrs.fields(Mount):
-        value = getattr(mount, field.name)
-        wire[field.name] = value.value if isinstance(value, MountKind) else value
+    for name in Mount._fields:
+        value = getattr(mount, name)
+        wire[name] = value.value if isinstance(value, MountKind) else value
     return wire
 
 
 def plan_from_wire(wire: Mapping[str, object]) -> SpawnPlan:
     """Read :func:`plan_to_wire`'s output back; :class:`ValueError` names the first bad field."""
-    names = {field.name for field in attrs.fields(SpawnPlan)}
+    names = set(SpawnPlan._fields)
     if set(wire) != names:
         missing, extra = sorted(names - set(wire)), sorted(set(wire) - names)
         msg = f"plan fields differ: missing {missing}, extra {extra}"
@@ -229,7 +225,7 @@ def _mount_from_wire(item: object) -> Mount:
     if not isinstance(item, dict):
         msg = f"a mount must be an object (got {type(item).__name__})"
         raise TypeError(msg)
-    names = {field.name for field in attrs.fields(Mount)}
+    names = set(Mount._fields)
     if set(item) != names:
         msg = f"mount fields differ: {sorted(set(item) ^ names)}"
         raise TypeError(msg)
