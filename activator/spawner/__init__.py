@@ -66,7 +66,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import attrs
 import trio
@@ -260,13 +260,7 @@ class Spawner:
         """
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            popen = subprocess.Popen(
-                [python, SCRIPT, str(theirs.fileno())],
-                pass_fds=[theirs.fileno()],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+            popen = subprocess.Popen(_command(python, theirs), **_process_options(theirs))
         except BaseException:
             ours.close()
             raise
@@ -571,16 +565,29 @@ class Spawner:
             self._orphans.close()
 
 
+def _command(python: str, theirs: socket.socket) -> list[str]:
+    """The spawner's command line: the script, and the number of its end of the socketpair."""
+    return [python, SCRIPT, str(theirs.fileno())]
+
+
+def _process_options(theirs: socket.socket) -> dict[str, Any]:
+    """How the spawner is started, the first time (Popen) as after a crash (trio): with its
+    end of the socketpair, no stdin or stdout, and a session of its own (no terminal signal
+    meant for the activator reaches it)."""
+    return {
+        "pass_fds": [theirs.fileno()],
+        "stdin": subprocess.DEVNULL,
+        "stdout": subprocess.DEVNULL,
+        "start_new_session": True,
+    }
+
+
 async def _start(python: str) -> _Process:
     """Start a spawner from trio (after a crash) and wait until it is ready."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         process = await trio.lowlevel.open_process(
-            [python, SCRIPT, str(theirs.fileno())],
-            pass_fds=[theirs.fileno()],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            start_new_session=True,
+            _command(python, theirs), **_process_options(theirs)
         )
     except BaseException:
         ours.close()
