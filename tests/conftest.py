@@ -44,6 +44,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 PRODUCT_DIRECTORIES = (
     "/run/activator/uid",
     "/run/activator",
+    "/run/systemd/userdb",
     "/run/private",
     "/var/lib/private",
     "/var/cache/private",
