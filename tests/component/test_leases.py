@@ -31,6 +31,7 @@ from activator.leases import LeaseService, PoolExhausted, Vacated
 from activator.settings import OnExhausted
 from activator.uidpool import Lease, Source, hash_uid, user_name
 from activator.userdb import UserRecord
+from tests.host import run, static_group, static_user
 
 REPO = Path(__file__).resolve().parents[2]
 SMALL = range(65400, 65408)
@@ -145,10 +146,6 @@ def say(proc: subprocess.Popen[str], line: str) -> None:
     proc.stdin.flush()
 
 
-def run(*argv: str) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
-
-
 #: A second activator process: a LeaseService of its own on the same lock directory. It scans,
 #: says "ready", waits for "go", leases up to COUNT UIDs (0: as many as it can) of UNIT with a
 #: cgroup recorded for each, prints them with its skip counters as JSON, and holds them until
@@ -229,28 +226,6 @@ def lock_held_elsewhere(tmp_path: Path, uid: int) -> Iterator[None]:
         assert proc.stdin is not None
         proc.stdin.close()
         assert proc.wait(DEADLINE) == 0
-
-
-@contextlib.contextmanager
-def static_user(uid: int) -> Iterator[str]:
-    name = f"t3lease-u{uid}"
-    subprocess.run(["userdel", name], capture_output=True, check=False)
-    run("useradd", "-u", str(uid), "-M", "-N", "-s", "/usr/sbin/nologin", name)
-    try:
-        yield name
-    finally:
-        run("userdel", name)
-
-
-@contextlib.contextmanager
-def static_group(gid: int) -> Iterator[str]:
-    name = f"t3lease-g{gid}"
-    subprocess.run(["groupdel", name], capture_output=True, check=False)
-    run("groupadd", "-g", str(gid), name)
-    try:
-        yield name
-    finally:
-        run("groupdel", name)
 
 
 @contextlib.contextmanager

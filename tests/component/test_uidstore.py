@@ -28,6 +28,7 @@ import pytest
 
 from activator import uidstore
 from activator.uidpool import SkipReason
+from tests.host import run, static_group, static_user
 
 REPO = Path(__file__).resolve().parents[2]
 BLOCK = range(65070, 65100)
@@ -76,10 +77,6 @@ def python_child(code: str, *args: str) -> Iterator[subprocess.Popen[str]]:
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
             proc.wait()
-
-
-def run(*argv: str) -> str:
-    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
 
 
 #: A child that runs with ``uid`` in some ID field (as chosen by ``how``) until killed.
@@ -142,28 +139,6 @@ def owned_file(path: Path, uid: int, *, directory: bool = False) -> Iterator[Pat
                 path.rmdir()
         else:
             path.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def static_user(uid: int) -> Iterator[str]:
-    name = f"act-us-{uid}"
-    subprocess.run(["userdel", name], capture_output=True, check=False)
-    run("useradd", "-u", str(uid), "-M", "-N", "-s", "/usr/sbin/nologin", name)
-    try:
-        yield name
-    finally:
-        run("userdel", name)
-
-
-@contextlib.contextmanager
-def static_group(gid: int) -> Iterator[str]:
-    name = f"act-gr-{gid}"
-    subprocess.run(["groupdel", name], capture_output=True, check=False)
-    run("groupadd", "-g", str(gid), name)
-    try:
-        yield name
-    finally:
-        run("groupdel", name)
 
 
 @pytest.fixture

@@ -139,6 +139,22 @@ def processes_of(uid: int) -> list[int]:
     return sorted(pid for pid, uids in pool_processes().items() if uid in uids)
 
 
+def children_of(pid: int) -> list[int]:
+    """The host PIDs whose parent is ``pid``."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", encoding="utf-8", errors="replace") as file:
+                fields = file.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(name))
+    return out
+
+
 def sysv_objects() -> set[tuple[str, int, int, int]]:
     """The host's SysV IPC objects owned or created by a pool UID: (kind, id, uid, cuid)."""
     out: set[tuple[str, int, int, int]] = set()

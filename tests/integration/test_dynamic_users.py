@@ -29,6 +29,7 @@ from tests.integration.conftest import (
     LEASE_DIRECTORY,
     POOL_FIRST,
     POOL_LAST,
+    children_of,
     printed_uid,
     processes_of,
     run_activator,
@@ -103,22 +104,6 @@ def wait_until(what: str, done: Callable[[], bool], timeout: float = DEADLINE) -
         if time.monotonic() > deadline:
             pytest.fail(f"not within {timeout} s: {what}")
         time.sleep(0.01)
-
-
-def children_of(pid: int) -> list[int]:
-    """The PIDs whose parent is ``pid``."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", encoding="utf-8", errors="replace") as file:
-                fields = file.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            found.append(int(name))
-    return found
 
 
 def alive(pid: int) -> bool:

@@ -34,6 +34,7 @@ from tests.integration.conftest import (
     BOUNDARY_DIRECTORIES,
     CHECKOUT,
     activator_command,
+    children_of,
     in_pool,
     posix_mqueues,
     printed_uid,
@@ -321,22 +322,6 @@ PTRACE: Final = (  # ptrace(PTRACE_ATTACH, pid)
     "r = libc.ptrace(16, int(sys.argv[1]), None, None); "
     "sys.exit(os.strerror(ctypes.get_errno())) if r != 0 else None"
 )
-
-
-def children_of(pid: int) -> list[int]:
-    """The host PIDs whose parent is ``pid``."""
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", encoding="utf-8", errors="replace") as file:
-                fields = file.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(name))
-    return out
 
 
 def first_line(proc: subprocess.Popen[str], timeout: float = 10.0) -> str:

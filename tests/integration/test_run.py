@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.host import static_user
 from tests.integration.conftest import (
     activator_command,
     in_pool,
@@ -193,11 +194,8 @@ def test_private_network_has_only_loopback() -> None:
 def test_a_user_whose_uid_is_in_the_pool_is_never_taken_as_static() -> None:
     # NSS may show another activator's dynamic user; sharing its UID would break invariant 1.
     # A user in the pool range is never used as a static one: the run gets a lease of its own.
-    name, uid = "act-pool-static", 65431
-    subprocess.run(
-        ["useradd", "-u", str(uid), "-M", "-N", "-s", "/usr/sbin/nologin", name], check=True
-    )
-    try:
+    uid = 65431
+    with static_user(uid) as name:
         result = run_activator(*DYNAMIC, "-p", f"User={name}", "id", "-u")
         assert result.returncode == 0, result.stderr
         got = int(result.stdout)
@@ -207,8 +205,6 @@ def test_a_user_whose_uid_is_in_the_pool_is_never_taken_as_static() -> None:
         static = run_activator("run", "--pipe", "-p", f"User={name}", "id", "-u")
         assert static.returncode == 127
         assert f"User={name}: no such user" in static.stderr
-    finally:
-        subprocess.run(["userdel", name], check=True)
 
 
 def test_a_runtime_directory_deeper_than_the_descriptor_limit_is_removed(
