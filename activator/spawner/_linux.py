@@ -268,11 +268,13 @@ _SECCOMP_RET_ERRNO: Final = 0x00050000
 _LD_ABS, _JEQ, _RET = 0x20, 0x15, 0x06
 # offsetof(struct seccomp_data, ...): nr, arch, args[0] (its low 32 bits on little endian).
 _NR, _ARCH, _ARG0_LOW = 0, 4, 16
-#: The audit architecture and the keyctl numbers the filter must catch, per machine. x86_64
-#: also has the x32 ABI (numbers with bit 30 set) under the same audit architecture.
-_SECCOMP_KEYCTL: Final = {
-    ("x86_64", 64): (0xC000003E, (250, 0x40000000 | 250)),
-    ("aarch64", 64): (0xC00000B7, (219,)),
+#: The audit architectures a process of this machine can make system calls in: its own (x86_64
+#: also has the x32 ABI, numbers with bit 30 set, under the same audit architecture) and the
+#: 32-bit one (``int $0x80`` works from a 64-bit process: a filter that let it through would be
+#: a way around itself). The keyctl numbers come from :data:`_SYS_KEYCTL_BY_MACHINE`.
+_AUDIT_ARCHES: Final = {
+    "x86_64": ((0xC000003E, 64, (0, 0x40000000)), (0x40000003, 32, (0,))),
+    "aarch64": ((0xC00000B7, 64, (0,)), (0x40000028, 32, (0,))),
 }
 
 
@@ -289,19 +291,29 @@ class _SockFprog(ctypes.Structure):
     _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter)))
 
 
-def _keyctl_filter(arch: int, numbers: tuple[int, ...]) -> list[tuple[int, int, int, int]]:
-    """A classic BPF program: EPERM for keyctl(KEYCTL_SETPERM, ...) of ``arch``, else allow.
-    Another architecture's calls (a 32-bit binary on a 64-bit kernel) are allowed: their keyctl
-    numbers differ, and i386 binaries cannot run where there is no i386 loader."""
+def _keyctl_filter(
+    arches: tuple[tuple[int, tuple[int, ...]], ...],
+) -> list[tuple[int, int, int, int]]:
+    """A classic BPF program: EPERM for keyctl(KEYCTL_SETPERM, ...) in any of ``arches``
+    (audit architecture, keyctl numbers), every other call allowed."""
     allow, deny = (_RET, 0, 0, _SECCOMP_RET_ALLOW), (_RET, 0, 0, _SECCOMP_RET_ERRNO | errno.EPERM)
-    program = [(_LD_ABS, 0, 0, _ARCH)]
-    count = len(numbers)
-    # arch matches: go on; else jump to the final allow.
-    program.append((_JEQ, 0, count + 3, arch))
-    program.append((_LD_ABS, 0, 0, _NR))
-    for index, number in enumerate(numbers):
-        # A keyctl number: jump to the argument check; else try the next number.
-        program.append((_JEQ, count - index, 0, number))
+    # Jumps are relative; the program is laid out as: per arch, [LD arch, JEQ arch, LD nr,
+    # JEQ n...], then ALLOW, then the argument check [LD arg0, JEQ SETPERM, DENY, ALLOW].
+    blocks = [3 + len(numbers) for _, numbers in arches]
+    allow_at = sum(blocks)
+    check_at = allow_at + 1
+    program: list[tuple[int, int, int, int]] = []
+    for (arch, numbers), size in zip(arches, blocks, strict=True):
+        next_block = len(program) + size
+        program.append((_LD_ABS, 0, 0, _ARCH))
+        program.append((_JEQ, 0, next_block - len(program) - 1, arch))
+        program.append((_LD_ABS, 0, 0, _NR))
+        for index, number in enumerate(numbers):
+            here = len(program)
+            # A keyctl number: to the argument check; else the next number (or, after the last,
+            # ALLOW: the architecture matched, so no later block can).
+            miss = 0 if index < len(numbers) - 1 else allow_at - here - 1
+            program.append((_JEQ, check_at - here - 1, miss, number))
     program.append(allow)
     program.append((_LD_ABS, 0, 0, _ARG0_LOW))
     program.append((_JEQ, 0, 1, KEYCTL_SETPERM))
@@ -321,12 +333,16 @@ def deny_keyctl_setperm() -> None:
     Raises:
         OSError: EOPNOTSUPP on a machine whose numbers are not known here.
     """
-    known = _SECCOMP_KEYCTL.get((os.uname().machine, 8 * ctypes.sizeof(ctypes.c_void_p)))
+    machine = os.uname().machine
+    known = _AUDIT_ARCHES.get(machine) if ctypes.sizeof(ctypes.c_void_p) == 8 else None
     if known is None:
-        msg = f"seccomp: keyctl numbers unknown for {os.uname().machine}"
+        msg = f"seccomp: keyctl numbers unknown for {machine}"
         raise OSError(errno.EOPNOTSUPP, msg)
-    arch, numbers = known
-    program = _keyctl_filter(arch, numbers)
+    arches = tuple(
+        (arch, tuple(flag | _SYS_KEYCTL_BY_MACHINE[(machine, bits)] for flag in flags))
+        for arch, bits, flags in known
+    )
+    program = _keyctl_filter(arches)
     filters = (_SockFilter * len(program))(*(_SockFilter(*step) for step in program))
     fprog = _SockFprog(len(program), filters)
     _check(_prctl_ptr(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0))

@@ -801,3 +801,34 @@ def test_a_handler_cannot_make_its_keyring_uncleanable(
     while keys_of(uid) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert keys_of(uid) == []
+
+
+#: keyctl(OP, ARG) through the i386 entry (``int $0x80``, keyctl is 288 there) from a 64-bit
+#: process: prints the result or "error: <strerror>". x86-64 only.
+COMPAT_KEYCTL: Final = """
+import ctypes, mmap, os, sys
+op, arg = int(sys.argv[1]), int(sys.argv[2])
+word = lambda n: (n & 0xFFFFFFFF).to_bytes(4, "little")
+code = (b"\\x53\\xb8" + word(288) + b"\\xbb" + word(op) + b"\\xb9" + word(arg) + b"\\xba" + word(0)
+        + b"\\xcd\\x80\\x5b\\xc3")  # push rbx; mov eax/ebx/ecx/edx; int 0x80; pop rbx; ret
+page = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+page.write(code)
+call = ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(page)))
+result = call()
+print(result if result >= 0 else "error: " + os.strerror(-result))
+"""
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the i386 entry is x86-64's")
+def test_the_keyring_filter_has_no_way_around_through_the_32_bit_entry(
+    leaves_nothing: None,
+) -> None:
+    # The same KEYCTL_SETPERM on @u (-4), through int $0x80: the filter must see that
+    # architecture too. KEYCTL_GET_KEYRING_ID (0) shows the entry itself works in the sandbox.
+    works = run_activator("run", "--pipe", "-p", "DynamicUser=yes", PYTHON, "-", "0", "-4",
+                          input=COMPAT_KEYCTL)  # fmt: skip
+    assert works.returncode == 0, works.stderr
+    assert int(works.stdout) > 0
+    refused = run_activator("run", "--pipe", "-p", "DynamicUser=yes", PYTHON, "-", "5", "-4",
+                            input=COMPAT_KEYCTL)  # fmt: skip
+    assert refused.stdout == "error: Operation not permitted\n", refused.stderr
