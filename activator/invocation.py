@@ -159,12 +159,10 @@ async def run_invocation(
     status: ExitStatus | None = None
     failure: _Failed | None = None
     vacated_how = "never ran"
-    opened_fds: list[int] = []
     try:
         try:
             identity, lease = await _identity(runtime, service, invocation, per_connection)
-            if service.runtime_directory or service.state_directory or service.cache_directory \
-                    or service.logs_directory:  # fmt: skip
+            if service.directory_environment:  # any Runtime/State/Cache/LogsDirectory=
                 stats = await _in_thread(
                     "directories",
                     directories.prepare_directories,
@@ -192,6 +190,7 @@ async def run_invocation(
                     raise _Failed(stage="lease", message=_os_error_text(error)) from error
             cgroup = await _in_thread("cgroup", runtime.cgroups.create, unit, invocation, limits)
             extra_env: list[tuple[str, str]] = []
+            opened: list[tuple[str, int]] = []
             if service.environment_files:
                 extra_env = await _in_thread("environment", _read_environment_files, service)
             if stdio_files(service):
@@ -200,34 +199,33 @@ async def run_invocation(
                     descriptors,
                     files=tuple((path, len(fds) + n) for n, (path, _) in enumerate(opened)),
                 )
-                opened_fds = [fd for _, fd in opened]
-                fds = (*fds, *opened_fds)
+                fds = (*fds, *(fd for _, fd in opened))
             try:
-                plan = build_plan(
-                    service,
-                    identity,
-                    invocation=invocation,
-                    descriptors=descriptors,
-                    peer=peer,
-                    cgroup_procs=cgroup.procs_files,
-                    extra_env=extra_env,
-                    host=runtime.host,
-                )
-            except (PlanError, ValueError) as error:
-                raise _Failed(stage="plan", message=str(error)) from error
-            spawn_started = time.perf_counter()
-            try:
-                handler = await runtime.spawner.spawn(plan, fds)
-            except SpawnFailed as error:
-                raise _Failed(error.stage, str(error)) from error
-            except ValueError as error:  # a plan the spawner cannot carry (size, descriptors)
-                raise _Failed(stage="plan", message=str(error)) from error
-            except SpawnerDied as error:
-                raise _Failed(stage="spawner", message=str(error)) from error
+                try:
+                    plan = build_plan(
+                        service,
+                        identity,
+                        invocation=invocation,
+                        descriptors=descriptors,
+                        peer=peer,
+                        cgroup_procs=cgroup.procs_files,
+                        extra_env=extra_env,
+                        host=runtime.host,
+                    )
+                except (PlanError, ValueError) as error:
+                    raise _Failed(stage="plan", message=str(error)) from error
+                spawn_started = time.perf_counter()
+                try:
+                    handler = await runtime.spawner.spawn(plan, fds)
+                except SpawnFailed as error:
+                    raise _Failed(error.stage, str(error)) from error
+                except ValueError as error:  # a plan the spawner cannot carry (size, fds)
+                    raise _Failed(stage="plan", message=str(error)) from error
+                except SpawnerDied as error:
+                    raise _Failed(stage="spawner", message=str(error)) from error
             finally:
-                for fd in opened_fds:
+                for _, fd in opened:  # the handler has its copies, or never will
                     os.close(fd)
-                opened_fds.clear()
             if runtime.on_started is not None:
                 runtime.on_started(unit, invocation, time.perf_counter() - spawn_started)
             if on_spawned is not None:
@@ -242,8 +240,6 @@ async def run_invocation(
         except PoolExhausted as error:
             failure = _Failed(stage="lease", message=str(error))
         finally:
-            for fd in opened_fds:  # opened, but the spawn was never reached
-                os.close(fd)
             with trio.CancelScope(shield=True):
                 await _teardown(runtime, service, cgroup, lease, vacated_how, unit)
     except (teardown.TeardownError, OSError) as error:

@@ -222,3 +222,25 @@ def test_a_runtime_directory_deeper_than_the_descriptor_limit_is_removed(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert not os.path.lexists(f"/run/{name}")
+
+
+def test_environment_files_and_file_output_reach_the_handler(tmp_path: Path) -> None:
+    env = tmp_path / "env"
+    env.write_text('# settings\nGREETING="hello world"\nPLAIN = x y  \n')
+    out = tmp_path / "out.txt"
+    # Without --pipe (which would give the handler our stdout), StandardOutput= decides.
+    result = run_activator(
+        "run", "-p", "DynamicUser=yes", "-p", f"EnvironmentFile={env}",
+        "-p", "EnvironmentFile=-/no/such/file", "-p", f"StandardOutput=file:{out}",
+        "sh", "-c", 'echo "$GREETING|$PLAIN|"',
+    )  # fmt: skip
+    assert (result.returncode, result.stdout) == (0, ""), result.stderr
+    assert out.read_text() == "hello world|x y|\n"
+    missing = run_activator(*DYNAMIC, "-p", "EnvironmentFile=/no/such/file", "true")
+    assert missing.returncode == 127
+    assert missing.stderr.strip().endswith("/no/such/file: No such file or directory")
+    # A plan that fails after the output file was opened: an outcome with its reason.
+    bad = run_activator("run", "-p", "DynamicUser=yes", "-p", f"StandardOutput=file:{out}",
+                        "-p", "StandardInput=tty", "true")  # fmt: skip
+    assert bad.returncode == 127
+    assert "StandardInput=tty" in bad.stderr
