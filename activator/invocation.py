@@ -136,7 +136,6 @@ async def run_invocation(
     peer: Peer | None = None,
     per_connection: bool = False,
     invocation: str | None = None,
-    on_spawned: Callable[[Handler], None] | None = None,
 ) -> Outcome:
     """Run one invocation of ``service`` to its end and give back everything it took.
 
@@ -148,7 +147,6 @@ async def run_invocation(
         peer: the connection's peer, for the environment.
         per_connection: an Accept=yes invocation (its user name gets a unique suffix).
         invocation: the id, or None for a fresh one.
-        on_spawned: called once the handler runs (``activator run --pty`` resizes it).
     """
     invocation = invocation or new_invocation_id()
     unit = service.name.name
@@ -228,8 +226,6 @@ async def run_invocation(
                     os.close(fd)
             if runtime.on_started is not None:
                 runtime.on_started(unit, invocation, time.perf_counter() - spawn_started)
-            if on_spawned is not None:
-                on_spawned(handler)
             try:
                 status = await _wait(handler, service)
             except SpawnerDied as error:

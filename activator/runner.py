@@ -37,8 +37,8 @@ from activator.leases import LeaseService
 from activator.model import ServiceUnit
 from activator.plan import Descriptors
 from activator.settings import Settings
-from activator.spawner import Handler, Spawner, SpawnerDied, SpawnFailed
-from activator.userdb import SOCKET_PATH, serve_userdb
+from activator.spawner import Spawner, SpawnerDied, SpawnFailed
+from activator.userdb import SOCKET_PATH, UserdbSocketError, serve_userdb
 
 logger = logging.getLogger(__name__)
 
@@ -96,23 +96,17 @@ async def _main(
 
 
 async def _start_userdb(nursery: trio.Nursery, leases: LeaseService) -> None:
-    """Serve our users through NSS; ``activator serve`` owns the main socket when it runs, so a
-    transient run that finds it taken serves a socket of its own beside it."""
-    path = SOCKET_PATH
-    if await _socket_answers(path):
+    """Serve our users through NSS; ``activator serve`` owns the main socket when it runs (the
+    userdb refuses a path another server answers on), so a transient run then serves a socket of
+    its own beside it."""
+    try:
+        await nursery.start(serve_userdb, leases, SOCKET_PATH)
+    except UserdbSocketError as error:
         path = f"{SOCKET_PATH}.run-{os.getpid()}"
+        logger.info("%s; serving %s instead", error, path)
         # Our own lookups must skip this socket too (they never wait on our own loop).
         uidstore.bypass_own_userdb(os.path.basename(path))
-    await nursery.start(serve_userdb, leases, path)
-
-
-async def _socket_answers(path: str) -> bool:
-    try:
-        stream = await trio.open_unix_socket(path)
-    except OSError:
-        return False
-    await stream.aclose()
-    return True
+        await nursery.start(serve_userdb, leases, path)
 
 
 async def _invoke(runtime: Runtime, service: ServiceUnit, mode: StreamMode) -> Outcome:
@@ -127,7 +121,6 @@ async def _invoke(runtime: Runtime, service: ServiceUnit, mode: StreamMode) -> O
         _copy_window_size(sys.stdin.fileno(), master)
         with _raw_terminal(sys.stdin.fileno()):
             async with trio.open_nursery() as nursery:
-                handler_box: list[Handler] = []
                 nursery.start_soon(_relay_input, master)
                 nursery.start_soon(_relay_output, master)
                 nursery.start_soon(_relay_winch, master)
@@ -136,7 +129,6 @@ async def _invoke(runtime: Runtime, service: ServiceUnit, mode: StreamMode) -> O
                     service,
                     descriptors=Descriptors(stdin=0, stdout=0, stderr=0, terminal=True),
                     fds=(slave,),
-                    on_spawned=handler_box.append,
                 )
                 os.close(slave)
                 slave = -1
