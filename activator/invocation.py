@@ -24,6 +24,7 @@ lease is released.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -31,7 +32,7 @@ import pwd
 import resource
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
 
 import attrs
@@ -73,6 +74,11 @@ class Outcome:
         uid: the UID it ran as (None when it never had one).
         user: the user name.
         seconds: from start to release.
+        reason: a bounded label of the failure, for metrics and logs: the pool's
+            (``exhausted``, ``queue_full``, ``wait_timeout``) or the stage; None on success.
+        timings: seconds spent in each step that ran (``identity``, ``directories``, ``cgroup``,
+            ``spawn``, ``run``, ``teardown``), in order.
+        stopped: the handler was stopped on request (a drain or ``stop``), not by its own end.
     """
 
     invocation: str
@@ -83,6 +89,9 @@ class Outcome:
     uid: int | None = None
     user: str | None = None
     seconds: float = 0.0
+    reason: str | None = None
+    timings: tuple[tuple[str, float], ...] = ()
+    stopped: bool = False
 
     @property
     def exit_code(self) -> int:
@@ -122,9 +131,40 @@ class Runtime:
 
 
 class _Failed(Exception):
-    def __init__(self, stage: str, message: str) -> None:
+    def __init__(self, stage: str, message: str, reason: str | None = None) -> None:
         super().__init__(message)
         self.stage = stage
+        self.reason = reason or stage
+
+
+@attrs.define(eq=False)
+class StopRequest:
+    """A way to stop one invocation from outside (a drain, ``activator stop``): the handler
+    gets ``KillSignal=`` and, after ``TimeoutStopSec=``, SIGKILL, as at ``RuntimeMaxSec=``;
+    with ``kill=True``, SIGKILL at once. A request made before the handler runs applies as
+    soon as it does."""
+
+    requested: bool = False
+    kill: bool = False
+    _scopes: set[trio.CancelScope] = attrs.field(factory=set)
+
+    def request(self, *, kill: bool = False) -> None:
+        """Ask the invocation to stop (idempotent; ``kill`` only makes it harsher)."""
+        self.requested = True
+        self.kill = self.kill or kill
+        for scope in self._scopes:
+            scope.cancel()
+
+    @contextlib.contextmanager
+    def cancels(self, scope: trio.CancelScope) -> Iterator[None]:
+        """Within the block, a request cancels ``scope`` (at once if one was made already)."""
+        if self.requested:
+            scope.cancel()
+        self._scopes.add(scope)
+        try:
+            yield
+        finally:
+            self._scopes.discard(scope)
 
 
 async def run_invocation(
@@ -136,6 +176,8 @@ async def run_invocation(
     peer: Peer | None = None,
     per_connection: bool = False,
     invocation: str | None = None,
+    on_spawned: Callable[[], None] | None = None,
+    stop_request: StopRequest | None = None,
 ) -> Outcome:
     """Run one invocation of ``service`` to its end and give back everything it took.
 
@@ -147,10 +189,14 @@ async def run_invocation(
         peer: the connection's peer, for the environment.
         per_connection: an Accept=yes invocation (its user name gets a unique suffix).
         invocation: the id, or None for a fresh one.
+        on_spawned: called once the handler has its copies of ``fds`` (the caller may close
+            its own, as the listener does with a connection).
+        stop_request: stops the handler early when requested (see :class:`StopRequest`).
     """
     invocation = invocation or new_invocation_id()
     unit = service.name.name
     started = time.perf_counter()
+    clock = _Clock(started)
     lease: Lease | None = None
     identity: Identity | None = None
     cgroup: teardown.Cgroup | None = None
@@ -160,6 +206,7 @@ async def run_invocation(
     try:
         try:
             identity, lease = await _identity(runtime, service, invocation, per_connection)
+            clock.lap("identity")
             if service.directory_environment:  # any Runtime/State/Cache/LogsDirectory=
                 stats = await _in_thread(
                     "directories",
@@ -173,6 +220,7 @@ async def run_invocation(
                         "%s: chowned %d files to %d in %.3f s",
                         unit, stats.files, identity.uid, stats.seconds,
                     )  # fmt: skip
+                clock.lap("directories")
             limits = teardown.limits_for(
                 service, memory_total=runtime.memory_total, pid_max=runtime.pid_max
             )
@@ -187,6 +235,7 @@ async def run_invocation(
                 except OSError as error:
                     raise _Failed(stage="lease", message=_os_error_text(error)) from error
             cgroup = await _in_thread("cgroup", runtime.cgroups.create, unit, invocation, limits)
+            clock.lap("cgroup")
             extra_env: list[tuple[str, str]] = []
             opened: list[tuple[str, int]] = []
             if service.environment_files:
@@ -224,20 +273,25 @@ async def run_invocation(
             finally:
                 for _, fd in opened:  # the handler has its copies, or never will
                     os.close(fd)
+            clock.lap("spawn")
+            if on_spawned is not None:
+                on_spawned()
             if runtime.on_started is not None:
                 runtime.on_started(unit, invocation, time.perf_counter() - spawn_started)
             try:
-                status = await _wait(handler, service)
+                status = await _wait(handler, service, stop_request)
+                clock.lap("run")
             except SpawnerDied as error:
                 raise _Failed(stage="spawner", message=str(error)) from error
             vacated_how = "pid namespace"
         except _Failed as error:
             failure = error
         except PoolExhausted as error:
-            failure = _Failed(stage="lease", message=str(error))
+            failure = _Failed(stage="lease", message=str(error), reason=error.reason)
         finally:
             with trio.CancelScope(shield=True):
                 await _teardown(runtime, service, cgroup, lease, vacated_how, unit)
+            clock.lap("teardown")
     except (teardown.TeardownError, OSError) as error:
         # The lease stays held (this process keeps its lock): a UID is never released while
         # anything of it may live. A restart reclaims it.
@@ -252,8 +306,10 @@ async def run_invocation(
         uid=None if identity is None else identity.uid,
         user=None if identity is None else identity.user,
         seconds=time.perf_counter() - started,
+        reason=None if failure is None else failure.reason,
+        timings=tuple(clock.laps.items()),
+        stopped=stop_request is not None and stop_request.requested and status is not None,
     )
-    _log(outcome)
     if runtime.on_finished is not None:
         runtime.on_finished(outcome)
     return outcome
@@ -317,12 +373,21 @@ def _static_user(name: str) -> Identity | None:
     )
 
 
-async def _wait(handler: Handler, service: ServiceUnit) -> ExitStatus:
-    """Wait for the handler; past ``RuntimeMaxSec=`` stop it as systemd does."""
-    if service.runtime_max_sec is None:
-        return await handler.wait()
-    with trio.move_on_after(service.runtime_max_sec / SECOND):
-        return await handler.wait()
+async def _wait(
+    handler: Handler, service: ServiceUnit, stop_request: StopRequest | None
+) -> ExitStatus:
+    """Wait for the handler; past ``RuntimeMaxSec=`` or on request, stop it as systemd does."""
+    limit = math.inf if service.runtime_max_sec is None else service.runtime_max_sec / SECOND
+    with trio.move_on_after(limit) as scope:
+        if stop_request is None:
+            return await handler.wait()
+        with stop_request.cancels(scope):
+            return await handler.wait()
+    if stop_request is not None and stop_request.requested:
+        if stop_request.kill:
+            await handler.kill(signal.SIGKILL)
+            return await handler.wait()
+        return await stop(handler, service)
     logger.info("%s: RuntimeMaxSec= reached, stopping", handler.invocation)
     return await stop(handler, service)
 
@@ -423,18 +488,19 @@ async def _in_thread(stage: str, function: Callable[..., _T], *args: object) -> 
         raise _Failed(stage=stage, message=str(error)) from error
 
 
-def _log(outcome: Outcome) -> None:
-    who = "" if outcome.uid is None else f" as {outcome.user} ({outcome.uid})"
-    if outcome.failure is not None:
-        logger.warning(
-            "%s %s%s failed at %s: %s",
-            outcome.unit, outcome.invocation, who, outcome.stage, outcome.failure,
-        )  # fmt: skip
-    else:
-        logger.info(
-            "%s %s%s %s after %.3f s",
-            outcome.unit, outcome.invocation, who, outcome.status, outcome.seconds,
-        )  # fmt: skip
+class _Clock:
+    """Seconds per step: each :meth:`lap` records the time since the previous one."""
+
+    def __init__(self, started: float) -> None:
+        self.last = started
+        self.laps: dict[str, float] = {}
+
+    def lap(self, step: str) -> None:
+        if step in self.laps:
+            return
+        now = time.perf_counter()
+        self.laps[step] = now - self.last
+        self.last = now
 
 
 def _os_error_text(error: OSError) -> str:

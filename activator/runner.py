@@ -31,14 +31,13 @@ from typing import Final
 
 import trio
 
-from activator import directories, teardown, uidstore
+from activator import uidstore
 from activator.invocation import Outcome, Runtime, run_invocation
-from activator.leases import LeaseService
 from activator.model import ServiceUnit
 from activator.plan import Descriptors
 from activator.settings import Settings
-from activator.spawner import Spawner, SpawnerDied, SpawnFailed
-from activator.userdb import SOCKET_PATH, UserdbSocketError, serve_userdb
+from activator.spawner import Spawner
+from activator.startup import open_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -70,43 +69,14 @@ async def _main(
 ) -> Outcome:
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(spawner.serve)
-            cgroups = await trio.to_thread.run_sync(teardown.Cgroups.detect)
-            leases = LeaseService(
-                settings.pool.first,
-                settings.pool.last,
-                on_exhausted=settings.pool.on_exhausted,
-                wait_timeout=settings.pool.wait_timeout_sec,
-                max_waiting=settings.pool.max_waiting,
-                reuse_delay=settings.pool.reuse_delay_sec,
-                reclaim=lambda record: _reclaim(cgroups, spawner, record),
-            )
-            await trio.to_thread.run_sync(leases.recover, trio.current_time())
-            await nursery.start(leases.run)
-            if settings.userdb.enabled and service.dynamic_user:
-                await _start_userdb(nursery, leases)
-            runtime = Runtime(spawner, leases, cgroups)
+            runtime = await open_runtime(nursery, settings, spawner, userdb=service.dynamic_user)
             outcome = await _invoke(runtime, service, mode)
             nursery.cancel_scope.cancel()
-        leases.close()
+        runtime.leases.close()
         return outcome
     finally:
         with trio.CancelScope(shield=True):
             await spawner.aclose()
-
-
-async def _start_userdb(nursery: trio.Nursery, leases: LeaseService) -> None:
-    """Serve our users through NSS; ``activator serve`` owns the main socket when it runs (the
-    userdb refuses a path another server answers on), so a transient run then serves a socket of
-    its own beside it."""
-    try:
-        await nursery.start(serve_userdb, leases, SOCKET_PATH)
-    except UserdbSocketError as error:
-        path = f"{SOCKET_PATH}.run-{os.getpid()}"
-        logger.info("%s; serving %s instead", error, path)
-        # Our own lookups must skip this socket too (they never wait on our own loop).
-        uidstore.bypass_own_userdb(os.path.basename(path))
-        await nursery.start(serve_userdb, leases, path)
 
 
 async def _invoke(runtime: Runtime, service: ServiceUnit, mode: StreamMode) -> Outcome:
@@ -187,29 +157,3 @@ def _raw_terminal(fd: int) -> Iterator[None]:
         yield
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-
-
-def _reclaim(cgroups: teardown.Cgroups, spawner: Spawner, record: dict[str, object] | None) -> None:
-    """Kill what a stale lease's invocation left running, then clear the kernel keys its UID
-    still owns (in a worker thread, at start). A UID whose keys cannot be cleared stays out of
-    the pool: its probe reports them."""
-    if record is None:
-        return
-    name = record.get("cgroup")
-    if isinstance(name, str):
-        for cgroup in cgroups.leftovers():
-            # The record names the cgroup (unit/invocation); older records held its first path.
-            if name == cgroup.name or name in cgroup.paths:
-                trio.from_thread.run(teardown.kill_and_wait, cgroups, cgroup)
-    uid = record.get("uid")
-    if not isinstance(uid, int) or isinstance(uid, bool):
-        return
-    # Runtime directories the dead invocation left under /run (the record does not name them).
-    removed = directories.remove_owned_runtime_entries(uid)
-    for path in removed:
-        logger.info("removed %s, left by UID %d before a crash", path, uid)
-    if uidstore.has_keys(uid):
-        try:
-            trio.from_thread.run(spawner.clear_keyrings, uid)
-        except (SpawnFailed, SpawnerDied, ValueError) as error:
-            logger.warning("clearing the kernel keys of reclaimed UID %d: %s", uid, error)

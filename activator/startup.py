@@ -1,0 +1,91 @@
+"""What every trio process of activator sets up before it runs an invocation: the cgroup
+hierarchies, the lease service (crash recovery first), and the userdb service.
+
+Rule 1: crash recovery comes before anything is handed out: :func:`open_runtime` replays the
+lease directory, kills what a crashed activator left in its cgroups, clears the kernel keys of
+those UIDs, and only then starts the pool's background scan.
+
+Rule 2: the spawner is started by the caller, before trio and before any thread
+(:meth:`activator.spawner.Spawner.launch`), and is served in the caller's nursery.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import trio
+
+from activator import directories, teardown, uidstore
+from activator.invocation import Runtime
+from activator.leases import LeaseService
+from activator.settings import Settings
+from activator.spawner import Spawner, SpawnerDied, SpawnFailed
+from activator.userdb import SOCKET_PATH, UserdbSocketError, serve_userdb
+
+logger = logging.getLogger(__name__)
+
+
+async def open_runtime(
+    nursery: trio.Nursery, settings: Settings, spawner: Spawner, *, userdb: bool
+) -> Runtime:
+    """Start the spawner's reader, recover and start the pool, and (with ``userdb``) serve our
+    users to NSS; every task runs in ``nursery``. The caller closes ``runtime.leases`` when the
+    nursery is done."""
+    await nursery.start(spawner.serve)
+    cgroups = await trio.to_thread.run_sync(teardown.Cgroups.detect)
+    leases = LeaseService(
+        settings.pool.first,
+        settings.pool.last,
+        on_exhausted=settings.pool.on_exhausted,
+        wait_timeout=settings.pool.wait_timeout_sec,
+        max_waiting=settings.pool.max_waiting,
+        reuse_delay=settings.pool.reuse_delay_sec,
+        reclaim=lambda record: reclaim(cgroups, spawner, record),
+    )
+    await trio.to_thread.run_sync(leases.recover, trio.current_time())
+    await nursery.start(leases.run)
+    if userdb and settings.userdb.enabled:
+        await start_userdb(nursery, leases)
+    return Runtime(spawner, leases, cgroups)
+
+
+async def start_userdb(nursery: trio.Nursery, leases: LeaseService) -> str:
+    """Serve our users through NSS on the main socket, or, when another activator answers there
+    (``activator serve`` owns it while it runs), on a socket of our own beside it; the path."""
+    try:
+        await nursery.start(serve_userdb, leases, SOCKET_PATH)
+    except UserdbSocketError as error:
+        path = f"{SOCKET_PATH}.run-{os.getpid()}"
+        logger.info("%s; serving %s instead", error, path)
+        # Our own lookups must skip this socket too (they never wait on our own loop).
+        uidstore.bypass_own_userdb(os.path.basename(path))
+        await nursery.start(serve_userdb, leases, path)
+        return path
+    return SOCKET_PATH
+
+
+def reclaim(cgroups: teardown.Cgroups, spawner: Spawner, record: dict[str, object] | None) -> None:
+    """Kill what a stale lease's invocation left running, then clear the kernel keys its UID
+    still owns (in a worker thread, at start). A UID whose keys cannot be cleared stays out of
+    the pool: its probe reports them."""
+    if record is None:
+        return
+    name = record.get("cgroup")
+    if isinstance(name, str):
+        for cgroup in cgroups.leftovers():
+            # The record names the cgroup (unit/invocation); older records held its first path.
+            if name == cgroup.name or name in cgroup.paths:
+                trio.from_thread.run(teardown.kill_and_wait, cgroups, cgroup)
+    uid = record.get("uid")
+    if not isinstance(uid, int) or isinstance(uid, bool):
+        return
+    # Runtime directories the dead invocation left under /run (the record does not name them).
+    removed = directories.remove_owned_runtime_entries(uid)
+    for path in removed:
+        logger.info("removed %s, left by UID %d before a crash", path, uid)
+    if uidstore.has_keys(uid):
+        try:
+            trio.from_thread.run(spawner.clear_keyrings, uid)
+        except (SpawnFailed, SpawnerDied, ValueError) as error:
+            logger.warning("clearing the kernel keys of reclaimed UID %d: %s", uid, error)
