@@ -53,6 +53,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     _add_settings_arguments(check)
     check.add_argument("--json", action="store_true", help="print one JSON document")
+    serve = sub.add_parser(
+        "serve",
+        help="listen on every socket unit and serve connections until stopped",
+        description="Load every unit, bind every socket, and run each connection's handler as a "
+        "fresh dynamic user in its own sandbox, in the foreground, until SIGTERM or SIGINT "
+        "(SIGHUP reloads the units). A unit with errors is reported and skipped.",
+    )
+    _add_settings_arguments(serve)
+    serve.add_argument(
+        "--strict", action="store_true", help="refuse to start when any unit has an error"
+    )
     run = sub.add_parser(
         "run",
         help="run one command as a transient service, in the same sandbox as a connection",
@@ -119,9 +130,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args, sys.stdout, sys.stderr)
         if args.command == "run":
             return _run(args, sys.stderr)
+        if args.command == "serve":
+            return _serve(args, sys.stderr)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `activator check | head`: the reader is gone, as for any filter
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the flush at exit does not fail again
+        return 1
     return 2  # pragma: no cover - argparse rejects unknown commands first
+
+
+# ---------------------------------------------------------------------------------------------
+# serve
+
+
+def _serve(args: argparse.Namespace, err: TextIO) -> int:
+    from activator import daemon  # trio and the sandbox: not needed by `check`
+
+    problems: list[Problem] = []
+    try:
+        settings = load_settings(args.config, units_override=args.units, on_warning=problems.append)
+    except ConfigError as error:
+        for problem in (*problems, *error.problems):
+            print(f"activator: {_problem_line(problem)}", file=err)
+        return 2
+    for problem in problems:
+        print(f"activator: {_problem_line(problem)}", file=err)
+    if os.geteuid() != 0:
+        print("activator: serve needs root (namespaces, mounts and UIDs of the pool)", file=err)
+        return 1
+    return daemon.serve(settings, settings.units.directories, strict=args.strict)
 
 
 # ---------------------------------------------------------------------------------------------

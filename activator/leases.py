@@ -300,7 +300,10 @@ class LeaseService:
                 name = user
             else:
                 suffix = secrets.token_hex(_SUFFIX_DIGITS // 2) if per_connection else None
-                name = user_name(unit, suffix=suffix)
+                # An Accept=yes connection's instance names the connection, not a customer:
+                # its user is named after the template (waldo-3f2a).
+                base = _connection_base(unit) if per_connection else unit
+                name = user_name(base, suffix=suffix)
             if self.pool.lease_by_user(name) is None:
                 return name
             if not per_connection:
@@ -387,6 +390,14 @@ def _probe_many(uids: Iterable[int], first: int, last: int) -> dict[int, SkipRea
         in_use = uidstore.scan(first, last)
         return {uid: in_use.get(uid) for uid in uid_list}
     return uidstore.probe_many(uid_list)
+
+
+def _connection_base(unit: str) -> str:
+    """``waldo.service`` for ``waldo@3-127.0.0.1:2048-127.0.0.1:5555.service``."""
+    prefix, at, _ = unit.partition("@")
+    if not at:
+        return unit
+    return f"{prefix}.{unit.rpartition('.')[2]}"
 
 
 def new_invocation_id() -> str:

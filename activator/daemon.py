@@ -1,0 +1,73 @@
+"""``activator serve``: the process around the manager.
+
+Rule 1: the order of start-up is fixed by what forks. Sockets passed in by socket activation are
+taken first (and ``LISTEN_*`` removed from the environment, so nothing started later sees them),
+then the spawner is launched, before trio and before any thread exists; only then does trio
+start, recover the pool, and let the manager bind and serve.
+
+Rule 2: activator never resolves its own dynamic users through NSS
+(:func:`activator.uidstore.bypass_own_userdb`): a lookup that reached our own userdb socket would
+wait on our own event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Sequence
+
+import trio
+
+from activator import listener, logs, uidstore
+from activator.catalog import Catalog
+from activator.loader import load_catalog
+from activator.manager import Manager
+from activator.settings import Settings
+from activator.spawner import Spawner
+from activator.startup import open_runtime
+
+logger = logging.getLogger(__name__)
+
+
+def serve(settings: Settings, directories: Sequence[str], *, strict: bool = False) -> int:
+    """Serve every unit of ``directories`` until SIGTERM or SIGINT; the exit code (0 after a
+    clean stop, 2 when ``strict`` and a unit has errors). Blocking: it owns the process."""
+    logs.configure(settings.log.format)
+    catalog = load_catalog(directories)
+    if strict and any(problem.is_error for problem in catalog.problems):
+        for problem in catalog.problems:
+            logs.event(
+                logger, logging.ERROR if problem.is_error else logging.WARNING, "problem",
+                str(problem), path=problem.path, line=problem.line, text=str(problem),
+            )  # fmt: skip
+        logger.error("--strict: not serving, the units have errors")
+        return 2
+    inherited = listener.inherited_sockets(os.environ, os.getpid())
+    uidstore.bypass_own_userdb()
+    spawner = Spawner.launch()
+    trio.run(_main, settings, list(directories), catalog, spawner, inherited)
+    return 0
+
+
+async def _main(
+    settings: Settings,
+    directories: list[str],
+    catalog: Catalog,
+    spawner: Spawner,
+    inherited: list[tuple[socket.socket, str | None]],
+) -> None:
+    try:
+        async with trio.open_nursery() as nursery:
+            runtime = await open_runtime(nursery, settings, spawner, userdb=True)
+            manager = Manager(
+                runtime,
+                lambda: load_catalog(directories),
+                inherited=inherited,
+            )
+            await manager.serve(catalog)
+            nursery.cancel_scope.cancel()
+        runtime.leases.close()
+    finally:
+        with trio.CancelScope(shield=True):
+            await spawner.aclose()

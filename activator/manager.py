@@ -1,0 +1,949 @@
+"""The super-server: every socket unit listening, every connection an invocation, reload, drain.
+
+Rule 1: one connection's failure is its own. Each connection runs in a task of its own that
+catches everything :func:`activator.invocation.run_invocation` can end with (it returns an
+:class:`~activator.invocation.Outcome` for every failure), and an accept loop survives every
+error of ``accept()``: EMFILE, ENFILE, ENOBUFS and ENOMEM back off and retry.
+
+Rule 2: a listening socket lives as long as its listen spec. A reload compares specs
+(:class:`activator.listener.ListenSpec`): a socket whose spec did not change is never closed, so
+no connection is refused because of a reload; its accept loop is restarted only when the socket
+unit changed. Live invocations belong to the manager, not to their socket's loop, so a reload
+or a removed socket never cuts a connection short.
+
+Rule 3: the event loop never blocks: loading units, binding sockets and resolving socket owners
+run in worker threads.
+
+Theory of operation: :meth:`Manager.serve` loads the catalog, binds every socket of every socket
+unit (using sockets passed in by socket activation of activator itself first), and runs one
+:class:`_SocketState` per socket unit in the ``loops`` nursery. For Accept=yes, one task per
+listening socket accepts while connections are queued (and waits until it is readable when none is),
+checks the rate limits for each (``PollLimit*=`` and ``TriggerLimit*=``: past the burst, accepting
+pauses until the window ends, and connections wait in the kernel's backlog), admits each connection
+(:mod:`activator.admission`) and starts its invocation in the ``invocations`` nursery. For
+Accept=no, one task waits until any socket of the unit is readable (or a start is asked for), then
+runs the service with every socket passed, restarting it as ``Restart=`` says, and waits again once
+it is gone. SIGHUP reloads (:meth:`Manager.reload`); SIGTERM and SIGINT drain: the loops stop,
+services get ``KillSignal=``, connections get ``TimeoutStopSec=`` to finish and are then killed,
+every lease is released, and Unix sockets with ``RemoveOnStop=`` are removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import logging
+import math
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Final
+
+import attrs
+import trio
+
+from activator import listener, logs
+from activator.admission import Admission, Limits, RateLimit, Source
+from activator.catalog import Catalog
+from activator.errors import ConfigError
+from activator.invocation import Outcome, Runtime, StopRequest, run_invocation
+from activator.leases import new_invocation_id
+from activator.listener import ListenError, ListenSpec
+from activator.model import SECOND, ServiceUnit, SocketUnit
+from activator.plan import Descriptors, Peer
+from activator.units import UnitName, parse_unit_name
+from activator.values import RestartPolicy
+
+logger = logging.getLogger(__name__)
+
+#: accept() errors that mean "out of resources for now": back off and retry (trio's list).
+ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+#: The first and the longest pause after a capacity error of accept().
+BACKOFF_FIRST: Final = 0.05
+BACKOFF_MAX: Final = 1.0
+#: Pool failures that are a refusal of the connection, not a failure of the service.
+_POOL_REASONS: Final = frozenset({"exhausted", "queue_full", "wait_timeout"})
+#: Signals that end a service cleanly in systemd's eyes (Restart=on-success and friends).
+_CLEAN_SIGNALS: Final = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE})
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure decisions
+
+
+def should_restart(policy: RestartPolicy, outcome: Outcome, *, ignore_failure: bool) -> bool:
+    """Whether ``Restart=`` restarts a service after ``outcome`` (systemd's table in
+    systemd.service(5)); a stop that was asked for never restarts."""
+    if outcome.stopped or policy is RestartPolicy.NO:
+        return False
+    if policy is RestartPolicy.ALWAYS:
+        return True
+    status = outcome.status
+    signalled = status is not None and status.signal is not None
+    unclean_signal = signalled and status is not None and status.signal not in _CLEAN_SIGNALS
+    if status is None:  # never ran: a failure, as a failed exec is for systemd
+        clean = False
+    elif signalled:
+        clean = not unclean_signal
+    else:
+        clean = status.code == 0 or ignore_failure
+    if policy is RestartPolicy.ON_SUCCESS:
+        return clean
+    if policy is RestartPolicy.ON_FAILURE:
+        return not clean
+    if policy is RestartPolicy.ON_ABNORMAL:
+        return unclean_signal  # RuntimeMaxSec= ends in a signal too
+    if policy is RestartPolicy.ON_ABORT:
+        return unclean_signal
+    return False  # on-watchdog: activator has no watchdog
+
+
+def instance_name(number: int, peer: Peer) -> str:
+    """The instance of an Accept=yes connection's service, as systemd names it:
+    ``N-LOCAL-REMOTE`` for IP (``3-127.0.0.1:7007-127.0.0.1:41234``), ``N-PID-UID`` for Unix."""
+    if peer.proto == "UNIX":
+        pid = "unknown" if peer.pid is None else str(peer.pid)
+        uid = "unknown" if peer.uid is None else str(peer.uid)
+        return f"{number}-{pid}-{uid}"
+
+    def end(address: str | None, port: int | None) -> str:
+        host = (address or "unknown").partition("%")[0]  # no scope: '%' is not a unit name char
+        return f"{host}:{port if port is not None else 0}"
+
+    local = end(peer.local_addr, peer.local_port)
+    return f"{number}-{local}-{end(peer.remote_addr, peer.remote_port)}"
+
+
+def describe_peer(peer: Peer | None) -> str | None:
+    """A peer as logs show it: ``127.0.0.1:41234``, ``[::1]:41234``, ``unix:uid=0,pid=12``."""
+    if peer is None:
+        return None
+    if peer.proto == "UNIX":
+        return f"unix:uid={_or_unknown(peer.uid)},pid={_or_unknown(peer.pid)}"
+    host = peer.remote_addr or "unknown"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{_or_unknown(peer.remote_port)}"
+
+
+def _or_unknown(value: int | None) -> str:
+    return "unknown" if value is None else str(value)
+
+
+def _ip(peer: Peer) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    if peer.proto == "UNIX" or peer.remote_addr is None:
+        return None
+    try:
+        return ipaddress.ip_address(peer.remote_addr.partition("%")[0])
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# State
+
+
+@attrs.define(eq=False)
+class _Live:
+    """One running invocation, for a drain, ``stop`` and status."""
+
+    service: ServiceUnit
+    stop: StopRequest
+    per_connection: bool
+
+
+@attrs.define(eq=False)
+class _SocketState:
+    """One socket unit at work: its sockets, limits and loop."""
+
+    unit: SocketUnit
+    catalog: Catalog
+    listening: list[tuple[ListenSpec, socket.socket]]
+    admission: Admission
+    poll_limit: RateLimit
+    trigger_limit: RateLimit
+    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
+    done: trio.Event = attrs.field(factory=trio.Event)
+    kick: trio.Event = attrs.field(factory=trio.Event)
+    accepted: int = 0
+    service: _Live | None = None  # Accept=no: the running service
+
+    @property
+    def name(self) -> str:
+        return self.unit.name.name
+
+
+@attrs.define(eq=False)
+class _ServiceRun:
+    """A plain service started by :meth:`Manager.start`."""
+
+    stop: StopRequest
+    done: trio.Event = attrs.field(factory=trio.Event)
+
+
+@attrs.frozen
+class ReloadReport:
+    """What a reload did, by socket unit name."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+
+
+class ManagerError(Exception):
+    """A request the manager cannot carry out (an unknown unit, a service already running)."""
+
+
+class Manager:
+    """Every socket unit, every live invocation, reload and drain.
+
+    Args:
+        runtime: the spawner, pool and cgroups invocations share.
+        load: loads the catalog afresh (blocking: it reads the units directories); called in a
+            worker thread at start and at each reload.
+        inherited: sockets passed to activator by socket activation, with their names; each
+            serves the unit whose spec it matches, the rest are closed.
+    """
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        load: Callable[[], Catalog],
+        *,
+        inherited: Sequence[tuple[socket.socket, str | None]] = (),
+    ) -> None:
+        self.runtime = runtime
+        self._load = load
+        self._inherited = list(inherited)
+        self.catalog: Catalog | None = None
+        self.sockets: dict[str, _SocketState] = {}
+        self.services: dict[str, _ServiceRun] = {}
+        self.live: dict[str, _Live] = {}
+        self._loops: trio.Nursery | None = None
+        self._invocations: trio.Nursery | None = None
+        self._idle = trio.Event()
+        self._idle.set()
+        self._reloading = trio.Lock()
+        self._service_stops: set[StopRequest] = set()
+        self._stop_requested = trio.Event()
+        self.draining = False
+
+    # --- the whole life ------------------------------------------------------------------------
+
+    async def serve(
+        self,
+        catalog: Catalog,
+        *,
+        task_status: trio.TaskStatus[ReloadReport] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on every socket of ``catalog``'s socket units and serve until SIGTERM, SIGINT
+        or :meth:`request_stop`, then drain. SIGHUP reloads. Started with ``nursery.start``, it
+        reports what it bound once every socket listens."""
+        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+            async with trio.open_nursery() as invocations:
+                self._invocations = invocations
+                async with trio.open_nursery() as loops:
+                    self._loops = loops
+                    report = await self._apply(catalog)
+                    self._close_unused_inherited()
+                    count = sum(len(s.listening) for s in self.sockets.values())
+                    logs.event(
+                        logger, logging.INFO, "ready",
+                        f"ready: {count} sockets of {len(self.sockets)} units listening",
+                        sockets=count, units=len(self.sockets),
+                    )  # fmt: skip
+                    listener.notify(f"READY=1\nSTATUS=listening on {count} sockets")
+                    task_status.started(report)
+                    loops.start_soon(self._signal_loop, signals)
+                    await self._stop_requested.wait()
+                    await self.drain()
+                    loops.cancel_scope.cancel()
+        self._close_all()
+        logs.event(logger, logging.INFO, "stopped", "stopped")
+
+    async def _signal_loop(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            if signum == signal.SIGHUP:
+                await self.reload()
+            else:
+                self.request_stop()
+
+    def request_stop(self) -> None:
+        """Make :meth:`serve` drain and return, as SIGTERM does."""
+        self._stop_requested.set()
+
+    async def drain(self) -> None:
+        """Stop accepting, stop services, give connections ``TimeoutStopSec=`` to finish, then
+        kill them; returns when every invocation is over and its lease released."""
+        if self.draining:
+            return
+        self.draining = True
+        logs.event(
+            logger, logging.INFO, "stopping",
+            f"stopping: {len(self.live)} invocations still running",
+            invocations=len(self.live),
+        )  # fmt: skip
+        listener.notify("STOPPING=1")
+        async with self._reloading:  # a reload under way finishes first
+            for state in self.sockets.values():
+                state.scope.cancel()
+        async with trio.open_nursery() as timers:
+            for stop in self._service_stops:
+                stop.request()
+            for live in list(self.live.values()):
+                if live.per_connection:
+                    timers.start_soon(_kill_after, live)
+                else:
+                    live.stop.request()
+            await self._idle.wait()
+            timers.cancel_scope.cancel()
+
+    async def reload(self) -> ReloadReport:
+        """Load the units again and apply them (module docstring, Rule 2)."""
+        async with self._reloading:
+            listener.notify("RELOADING=1")
+            try:
+                catalog = await trio.to_thread.run_sync(self._load)
+            except Exception as error:  # the units directories could not be read
+                logger.error("reload failed, keeping every unit as it was: %s", error)
+                listener.notify("READY=1")
+                return ReloadReport()
+            report = await self._apply(catalog)
+            logs.event(
+                logger, logging.INFO, "reload",
+                "reloaded: " + ", ".join(
+                    f"{k} {' '.join(v) or '-'}" for k, v in attrs.asdict(report).items()
+                ),
+                **{k: list(v) for k, v in attrs.asdict(report).items()},
+            )  # fmt: skip
+            listener.notify("READY=1")
+            return report
+
+    # --- applying a catalog -------------------------------------------------------------------
+
+    async def _apply(self, catalog: Catalog) -> ReloadReport:
+        _log_problems(catalog, self.catalog)
+        wanted = {
+            name: loaded.unit
+            for name, loaded in catalog.units.items()
+            if isinstance(loaded.unit, SocketUnit)
+        }
+        added: list[str] = []
+        removed: list[str] = []
+        changed: list[str] = []
+        kept: list[str] = []
+        failed: list[str] = []
+        for name in list(self.sockets):
+            if name not in wanted:
+                (failed if name in catalog.failed else removed).append(name)
+        for name, unit in wanted.items():
+            old = self.sockets.get(name)
+            if old is None:
+                added.append(name)
+            elif old.unit == unit:
+                kept.append(name)
+                old.catalog = catalog  # a changed service applies to new connections
+            else:
+                changed.append(name)
+        # Stop what goes or changes; keep its sockets for reuse by spec.
+        spare: dict[ListenSpec, list[socket.socket]] = {}
+        stopped: dict[str, _SocketState] = {}
+        for name in (*removed, *changed):
+            state = stopped[name] = self.sockets.pop(name)
+            await self._stop_state(state)
+            for spec, sock in state.listening:
+                spare.setdefault(spec, []).append(sock)
+        new_paths: set[str] = set()
+        for name in (*added, *changed):
+            for spec in listener.specs_of(wanted[name]):
+                path = _path(spec)
+                if path is not None:
+                    new_paths.add(path)
+        # An old socket on an address whose options changed must go before its successor can
+        # bind there (no two listening sockets share an address without ReusePort=).
+        needed = {spec for name in (*added, *changed) for spec in listener.specs_of(wanted[name])}
+        for spec in [s for s in spare if s not in needed]:
+            if any(n.listen == spec.listen for n in needed):
+                for sock in spare.pop(spec):
+                    _close(sock)
+        for name in (*added, *changed):
+            unit = wanted[name]
+            try:
+                listening = await self._acquire(unit, spare)
+            except ListenError as error:
+                logger.error("%s", error)
+                if name in changed:
+                    changed.remove(name)
+                else:
+                    added.remove(name)
+                failed.append(name)
+                continue
+            admission = Admission(Limits.of(unit))
+            if name in stopped:  # live connections of the old version still count
+                admission = stopped[name].admission
+                admission.limits = Limits.of(unit)
+            state = _SocketState(
+                unit=unit,
+                catalog=catalog,
+                listening=listening,
+                admission=admission,
+                poll_limit=RateLimit.of(unit.poll_limit_interval_sec, unit.poll_limit_burst),
+                trigger_limit=RateLimit.of(
+                    unit.trigger_limit_interval_sec, unit.trigger_limit_burst
+                ),
+            )
+            self.sockets[name] = state
+            for spec, _ in listening:
+                logs.event(
+                    logger, logging.INFO, "listening",
+                    f"{name}: listening on {listener.describe(spec)}",
+                    unit=name, address=listener.describe(spec),
+                )  # fmt: skip
+            assert self._loops is not None
+            await self._loops.start(self._run_socket, state)
+        for specs in spare.values():  # sockets no new unit took
+            for sock in specs:
+                _close(sock)
+        for state in stopped.values():
+            if state.unit.remove_on_stop:
+                for spec, _ in state.listening:
+                    if spec in spare and _path(spec) not in new_paths:
+                        listener.remove_socket_file(spec)
+        if self.catalog is not None:  # services (and templates) are reported too
+            before, after = _services(self.catalog), _services(catalog)
+            added += sorted(n for n in after if n not in before)
+            changed += sorted(n for n in after if n in before and after[n] != before[n])
+            kept += sorted(n for n in after if n in before and after[n] == before[n])
+            for name in sorted(n for n in before if n not in after):
+                (failed if name in catalog.failed else removed).append(name)
+        self.catalog = catalog
+        return ReloadReport(
+            tuple(added), tuple(removed), tuple(changed), tuple(kept), tuple(failed)
+        )
+
+    async def _acquire(
+        self, unit: SocketUnit, spare: dict[ListenSpec, list[socket.socket]]
+    ) -> list[tuple[ListenSpec, socket.socket]]:
+        """A socket for every spec of ``unit``: a spare one of the same spec, an inherited one,
+        or a new one. On failure what was made for it is closed (spares go back)."""
+        out: list[tuple[ListenSpec, socket.socket, str]] = []
+        try:
+            for spec in listener.specs_of(unit):
+                if spare.get(spec):
+                    out.append((spec, spare[spec].pop(), "spare"))
+                    continue
+                inherited = next((s for s, _ in self._inherited if listener.matches(s, spec)), None)
+                if inherited is not None:
+                    self._inherited = [(s, n) for s, n in self._inherited if s is not inherited]
+                    out.append((spec, inherited, "inherited"))
+                    continue
+                sock = await trio.to_thread.run_sync(listener.bind, spec)
+                out.append((spec, sock, "new"))
+        except BaseException:
+            for spec, sock, how in out:
+                if how == "spare":
+                    spare[spec].append(sock)
+                elif how == "inherited":
+                    self._inherited.append((sock, None))
+                else:
+                    _close(sock)
+            raise
+        return [(spec, sock) for spec, sock, _ in out]
+
+    async def _stop_state(self, state: _SocketState) -> None:
+        """Stop a socket unit's loop (its sockets stay open); an Accept=no service it runs is
+        stopped first, as systemd stops a service whose socket goes."""
+        if state.service is not None:
+            state.service.stop.request()
+        state.scope.cancel()
+        await state.done.wait()
+
+    def _close_unused_inherited(self) -> None:
+        for sock, name in self._inherited:
+            logger.warning(
+                "a socket passed in (fd %d%s) matches no socket unit; closing it",
+                sock.fileno(), "" if name is None else f", name {name}",
+            )  # fmt: skip
+            _close(sock)
+        self._inherited = []
+
+    def _close_all(self) -> None:
+        for state in self.sockets.values():
+            for spec, sock in state.listening:
+                _close(sock)
+                if state.unit.remove_on_stop:
+                    listener.remove_socket_file(spec)
+        self.sockets.clear()
+
+    # --- the loops ------------------------------------------------------------------------------
+
+    async def _run_socket(
+        self, state: _SocketState, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            with state.scope:
+                task_status.started()
+                if state.unit.accept:
+                    async with trio.open_nursery() as nursery:
+                        for spec, sock in state.listening:
+                            nursery.start_soon(self._accept_loop, state, spec, sock)
+                else:
+                    await self._activation_loop(state)
+        finally:
+            state.done.set()
+
+    async def _pause_for_limits(self, state: _SocketState, limit: RateLimit, what: str) -> None:
+        while True:
+            pause = limit.check(trio.current_time())
+            if pause <= 0:
+                return
+            logs.event(
+                logger, logging.WARNING, "rate_limited",
+                f"{state.name}: {what} over its limit, pausing {pause:.3f} s",
+                unit=state.name, seconds=round(pause, 6), limit=what,
+            )  # fmt: skip
+            await trio.sleep(pause)
+
+    async def _accept_loop(
+        self, state: _SocketState, spec: ListenSpec, sock: socket.socket
+    ) -> None:
+        backoff = 0.0
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                await trio.lowlevel.wait_readable(sock)
+                continue
+            except OSError as error:
+                if error.errno in ACCEPT_CAPACITY_ERRNOS:
+                    backoff = min(BACKOFF_MAX, max(BACKOFF_FIRST, backoff * 2))
+                    logger.warning(
+                        "%s: accept: %s; retrying in %.2f s",
+                        state.name, error.strerror, backoff,
+                    )  # fmt: skip
+                    await trio.sleep(backoff)
+                else:  # ECONNABORTED, EPROTO, ...: that connection is gone, the socket is fine
+                    logger.info("%s: accept: %s", state.name, error.strerror)
+                    await trio.lowlevel.checkpoint()
+                continue
+            backoff = 0.0
+            try:
+                # systemd accepts one connection per dispatch of the socket's event source and
+                # PollLimit counts dispatches, so both limits count accepted connections. Over a
+                # limit, the connection waits here and the rest in the backlog.
+                await self._pause_for_limits(state, state.poll_limit, "PollLimit")
+                await self._pause_for_limits(state, state.trigger_limit, "TriggerLimit")
+            finally:
+                self._admit(state, spec, conn)  # also when a reload cancels the pause: never lost
+            await trio.lowlevel.checkpoint()
+
+    def _admit(self, state: _SocketState, spec: ListenSpec, conn: socket.socket) -> None:
+        try:
+            peer = listener.peer_of(conn)
+            source = listener.source_of(peer)
+            reject = state.admission.admit(source, _ip(peer))
+        except Exception:  # never let one connection stop the loop
+            logger.exception("%s: admitting a connection", state.name)
+            _close(conn)
+            return
+        if reject is not None:
+            _close(conn)
+            self._log_reject(state.name, peer, reject.value)
+            return
+        with contextlib.suppress(OSError):  # the peer is already gone; the handler will see it
+            listener.configure_connection(conn, spec)
+        state.accepted += 1
+        assert self._invocations is not None
+        self._invocations.start_soon(self._connection, state, conn, peer, source, state.accepted)
+
+    def _log_reject(self, unit: str, peer: Peer | None, reason: str) -> None:
+        logs.event(
+            logger, logging.INFO, "reject",
+            f"{unit}: rejected {describe_peer(peer)}: {reason}",
+            unit=unit, peer=describe_peer(peer), reason=reason,
+        )  # fmt: skip
+
+    async def _connection(
+        self, state: _SocketState, conn: socket.socket, peer: Peer, source: Source, number: int
+    ) -> None:
+        try:
+            name = state.unit.activates.with_instance(instance_name(number, peer))
+            try:
+                service = _service_of(state.catalog, name)
+            except (ConfigError, ManagerError) as error:
+                logger.error("%s: %s", name.name, error)
+                return
+            outcome = await self._invoke(
+                service,
+                fds=(conn.fileno(),),
+                descriptors=Descriptors(sockets=(0,), socket_names=("connection",)),
+                peer=peer,
+                per_connection=True,
+                socket_unit=state.name,
+                on_spawned=conn.close,  # the handler has it: our copy goes at once
+            )
+            if outcome.reason in _POOL_REASONS or outcome.reason == "spawner":
+                self._log_reject(state.name, peer, outcome.reason or "")
+        except Exception:  # a bug must cost one connection, never the server (Rule 1)
+            logger.exception("%s: connection from %s", state.name, describe_peer(peer))
+        finally:
+            _close(conn)
+            state.admission.release(source)
+
+    async def _invoke(
+        self,
+        service: ServiceUnit,
+        *,
+        fds: Sequence[int],
+        descriptors: Descriptors,
+        peer: Peer | None,
+        per_connection: bool,
+        socket_unit: str | None,
+        on_spawned: Callable[[], None] | None = None,
+        stop: StopRequest | None = None,
+    ) -> Outcome:
+        live = _Live(service, stop or StopRequest(), per_connection)
+        if self.draining:
+            live.stop.request(kill=per_connection)
+        invocation = new_invocation_id()
+        self.live[invocation] = live
+        self._idle = trio.Event() if len(self.live) == 1 else self._idle
+        log_write = -1
+        if _writes_to_log(service):
+            # The handler's journal output: a pipe whose lines we log as `output` events.
+            log_read, log_write = os.pipe2(os.O_CLOEXEC)
+            assert self._invocations is not None
+            self._invocations.start_soon(_relay_output, log_read, service.name.name, invocation)
+            descriptors = attrs.evolve(descriptors, log=len(fds))
+            fds = (*fds, log_write)
+
+        def spawned() -> None:
+            nonlocal log_write
+            if log_write >= 0:
+                os.close(log_write)  # the handler has its copy: EOF when its last one closes
+                log_write = -1
+            if on_spawned is not None:
+                on_spawned()
+
+        try:
+            outcome = await run_invocation(
+                self.runtime,
+                service,
+                descriptors=descriptors,
+                fds=fds,
+                peer=peer,
+                per_connection=per_connection,
+                invocation=invocation,
+                on_spawned=spawned,
+                stop_request=live.stop,
+            )
+        finally:
+            if log_write >= 0:
+                os.close(log_write)
+            del self.live[invocation]
+            if not self.live:
+                self._idle.set()
+        if outcome.reason not in _POOL_REASONS:
+            _log_outcome(outcome, socket_unit, peer)
+        return outcome
+
+    async def _activation_loop(self, state: _SocketState) -> None:
+        """Accept=no: start the service on traffic (or a start request), run it to its end
+        with its restarts, then wait again."""
+        while True:
+            await self._wait_traffic(state)
+            await self._pause_for_limits(state, state.poll_limit, "PollLimit")
+            await self._pause_for_limits(state, state.trigger_limit, "TriggerLimit")
+            name = state.unit.activates
+            try:
+                service = _service_of(state.catalog, name)
+            except (ConfigError, ManagerError) as error:
+                logger.error("%s: %s", name.name, error)
+                await trio.sleep(1.0)
+                continue
+            live_stop = StopRequest()
+            state.service = _Live(service, live_stop, per_connection=False)
+            try:
+                with trio.CancelScope(shield=True):  # a reload stops it by request, not by cancel
+                    await self._guarded_restarts(
+                        service,
+                        fds=[sock.fileno() for _, sock in state.listening],
+                        names=[state.unit.fd_name] * len(state.listening),
+                        socket_unit=state.name,
+                        stop=live_stop,
+                    )
+            finally:
+                state.service = None
+                state.kick = trio.Event()
+
+    async def _wait_traffic(self, state: _SocketState) -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def readable(sock: socket.socket) -> None:
+                await trio.lowlevel.wait_readable(sock)
+                nursery.cancel_scope.cancel()
+
+            async def kicked() -> None:
+                await state.kick.wait()
+                nursery.cancel_scope.cancel()
+
+            for _, sock in state.listening:
+                nursery.start_soon(readable, sock)
+            nursery.start_soon(kicked)
+
+    async def _guarded_restarts(
+        self,
+        service: ServiceUnit,
+        *,
+        fds: Sequence[int],
+        names: Sequence[str],
+        socket_unit: str | None,
+        stop: StopRequest,
+    ) -> None:
+        try:
+            await self._run_with_restarts(
+                service, fds=fds, names=names, socket_unit=socket_unit, stop=stop
+            )
+        except Exception:  # a bug must cost this service, never the server (Rule 1)
+            logger.exception("%s: running the service", service.name.name)
+
+    async def _run_with_restarts(
+        self,
+        service: ServiceUnit,
+        *,
+        fds: Sequence[int],
+        names: Sequence[str],
+        socket_unit: str | None,
+        stop: StopRequest,
+    ) -> None:
+        self._service_stops.add(stop)
+        try:
+            await self._restart_loop(service, fds, names, socket_unit, stop)
+        finally:
+            self._service_stops.discard(stop)
+
+    async def _restart_loop(
+        self,
+        service: ServiceUnit,
+        fds: Sequence[int],
+        names: Sequence[str],
+        socket_unit: str | None,
+        stop: StopRequest,
+    ) -> None:
+        while True:
+            outcome = await self._invoke(
+                service,
+                fds=fds,
+                descriptors=Descriptors(sockets=tuple(range(len(fds))), socket_names=tuple(names)),
+                peer=None,
+                per_connection=False,
+                socket_unit=socket_unit,
+                stop=stop,
+            )
+            ignore = bool(service.exec_start) and service.exec_start[0].ignore_failure
+            restart = should_restart(service.restart, outcome, ignore_failure=ignore)
+            if stop.requested or self.draining or not restart:
+                return
+            delay = 0.0 if service.restart_sec is None else service.restart_sec / SECOND
+            logger.info(
+                "%s: restarting in %.3f s (Restart=%s)",
+                service.name.name, delay, service.restart.value,
+            )  # fmt: skip
+            with trio.move_on_after(delay) as scope, stop.cancels(scope):
+                await trio.sleep_forever()
+
+    # --- plain services ---------------------------------------------------------------------
+
+    async def start(self, name: str) -> None:
+        """Start a service: a socket-activated one as if traffic came, a plain one with the
+        same dynamic user and sandbox; nothing if it runs already.
+
+        Raises:
+            ManagerError: no such service, or a template without an instance.
+        """
+        try:
+            name = _unit_name(name).name
+        except ValueError as error:
+            msg = f"{name}: {error}"
+            raise ManagerError(msg) from error
+        if self.draining:
+            msg = "activator is stopping"
+            raise ManagerError(msg)
+        for state in self.sockets.values():
+            if not state.unit.accept and state.unit.activates.name == name:
+                state.kick.set()
+                return
+        if name in self.services:
+            return
+        if self.catalog is None or self._invocations is None:
+            msg = "activator is not serving yet"
+            raise ManagerError(msg)
+        try:
+            service = _service_of(self.catalog, _unit_name(name))
+        except ConfigError as error:
+            msg = f"{name}: {error}"
+            raise ManagerError(msg) from error
+        run = _ServiceRun(StopRequest())
+        self.services[name] = run
+
+        async def runner() -> None:
+            try:
+                await self._guarded_restarts(
+                    service, fds=(), names=(), socket_unit=None, stop=run.stop
+                )
+            finally:
+                del self.services[name]
+                run.done.set()
+
+        self._invocations.start_soon(runner)
+
+    async def stop(self, name: str) -> None:
+        """Stop a running service (``KillSignal=``, then SIGKILL after ``TimeoutStopSec=``)
+        and wait until it is gone; nothing if it is not running."""
+        try:
+            name = _unit_name(name).name
+        except ValueError as error:
+            msg = f"{name}: {error}"
+            raise ManagerError(msg) from error
+        for state in self.sockets.values():
+            if state.service is not None and state.service.service.name.name == name:
+                state.service.stop.request()
+        run = self.services.get(name)
+        if run is not None:
+            run.stop.request()
+            await run.done.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+#: Where ``StandardOutput=``/``StandardError=`` send output to activator's log.
+_LOG_KINDS: Final = frozenset({"journal", "kmsg", "journal+console", "kmsg+console"})
+#: A longer line of handler output is cut (the journal's LineMax= is 48K; ours is one log line).
+OUTPUT_LINE_MAX: Final = 4096
+
+
+def _writes_to_log(service: ServiceUnit) -> bool:
+    stdout = service.standard_output.kind
+    stderr = service.standard_error.kind
+    if stderr == "inherit":
+        stderr = stdout
+    return stdout in _LOG_KINDS or stderr in _LOG_KINDS
+
+
+async def _relay_output(fd: int, unit: str, invocation: str) -> None:
+    """Log each line a handler writes to its journal stream, as systemd's journal would keep it:
+    an ``output`` event naming the unit and invocation. Ends at EOF (every process of the
+    handler closed the pipe)."""
+    stream = trio.lowlevel.FdStream(fd)
+    pending = b""
+    async with stream:
+        while True:
+            try:
+                chunk = await stream.receive_some(65536)
+            except (trio.ClosedResourceError, OSError):
+                chunk = b""
+            if not chunk:
+                break
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            if len(pending) > OUTPUT_LINE_MAX:
+                lines.append(pending)
+                pending = b""
+            for line in lines:
+                _log_output(unit, invocation, line[:OUTPUT_LINE_MAX])
+    if pending:
+        _log_output(unit, invocation, pending[:OUTPUT_LINE_MAX])
+
+
+def _log_output(unit: str, invocation: str, line: bytes) -> None:
+    text = line.decode("utf-8", "backslashreplace").rstrip("\r")
+    logs.event(
+        logger, logging.INFO, "output", f"{unit}[{invocation[:8]}]: {text}",
+        unit=unit, invocation=invocation, text=text,
+    )  # fmt: skip
+
+
+async def _kill_after(live: _Live) -> None:
+    timeout = live.service.timeout_stop_sec
+    await trio.sleep(math.inf if timeout is None else timeout / SECOND)
+    live.stop.request(kill=True)
+
+
+def _service_of(catalog: Catalog, name: UnitName) -> ServiceUnit:
+    loaded = catalog.units.get(name.name)
+    if loaded is None:
+        if name.instance:
+            loaded = catalog.instantiate(name)
+        else:
+            msg = f"{name.name}: no such unit"
+            raise ManagerError(msg)
+    if not isinstance(loaded.unit, ServiceUnit):
+        msg = f"{name.name}: not a service"
+        raise ManagerError(msg)
+    return loaded.unit
+
+
+def _services(catalog: Catalog) -> dict[str, ServiceUnit]:
+    """The services and service templates (as built for their sample instance) by name."""
+    return {
+        name: loaded.unit
+        for table in (catalog.units, catalog.templates)
+        for name, loaded in table.items()
+        if isinstance(loaded.unit, ServiceUnit)
+    }
+
+
+def _unit_name(text: str) -> UnitName:
+    return parse_unit_name(text if "." in text else f"{text}.service")
+
+
+def _path(spec: ListenSpec) -> str | None:
+    address = spec.listen.address
+    return getattr(address, "path", None)
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.close()
+
+
+def _log_problems(catalog: Catalog, previous: Catalog | None) -> None:
+    seen = set() if previous is None else set(previous.problems)
+    for problem in catalog.problems:
+        if problem in seen:
+            continue
+        logs.event(
+            logger, logging.ERROR if problem.is_error else logging.WARNING, "problem",
+            str(problem), path=problem.path, line=problem.line, text=str(problem),
+        )  # fmt: skip
+
+
+def _log_outcome(outcome: Outcome, socket_unit: str | None, peer: Peer | None) -> None:
+    status = outcome.status
+    signal_name = None
+    if status is not None and status.signal is not None:
+        try:
+            signal_name = signal.Signals(status.signal).name
+        except ValueError:
+            signal_name = str(status.signal)
+    who = "" if outcome.uid is None else f" as {outcome.user} ({outcome.uid})"
+    where = "" if peer is None else f" for {describe_peer(peer)}"
+    if outcome.failure is not None:
+        text = f"failed at {outcome.stage}: {outcome.failure}"
+    else:
+        text = str(status)
+    logs.event(
+        logger, logging.WARNING if outcome.failure is not None else logging.INFO, "invocation",
+        f"{outcome.unit} {outcome.invocation}{where}{who}: {text} after {outcome.seconds:.3f} s",
+        unit=outcome.unit, socket=socket_unit, invocation=outcome.invocation,
+        peer=describe_peer(peer), uid=outcome.uid, user=outcome.user,
+        seconds=round(outcome.seconds, 6),
+        exit_code=None if status is None else status.code, signal=signal_name,
+        failure=outcome.failure, stage=outcome.stage,
+        timings={step: round(seconds, 6) for step, seconds in outcome.timings},
+    )  # fmt: skip
