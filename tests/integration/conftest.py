@@ -349,3 +349,8 @@ def background() -> Iterator[Callable[..., subprocess.Popen[str]]]:
     yield start
     for proc in started:
         stop(proc)
+
+
+# The ``server`` fixture (a running ``activator serve``) lives with its helpers; imported last, as
+# it uses the names above.
+from tests.integration.serving import server  # noqa: E402, F401
