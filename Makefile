@@ -8,16 +8,20 @@ BIN := $(VENV)/bin
 # systemd-analyze and systemd-escape, the oracle the value parsers are tested against;
 # libnss-systemd so that getent/id/ls see dynamic users; util-linux (setpriv, ipcmk, unshare),
 # e2fsprogs (chattr), libcap2-bin (setcap), gcc and libc6-dev (a setuid probe), procps (ps) for
-# the sandbox and pool tests.
+# the sandbox and pool tests; socat, netcat-openbsd, git and python3-systemd are the real clients and
+# handlers of the serving tests.
 DEB_RUN := python3 python3-venv
-DEB_TEST := $(DEB_RUN) systemd libnss-systemd util-linux e2fsprogs libcap2-bin gcc libc6-dev procps
+DEB_TEST := $(DEB_RUN) systemd libnss-systemd util-linux e2fsprogs libcap2-bin gcc libc6-dev procps \
+	socat netcat-openbsd git python3-systemd
 
 .PHONY: run test lint typecheck unit check deb-run deb-test clean
 
-# Install, then run the main job on the bundled example units. Until `activator serve` lands this
-# is `activator check`: it loads every unit and the settings, and prints what would run.
+# Install, then run the main job: serve the bundled example units (an echo service on
+# 127.0.0.1:7007, one fresh dynamic user per connection) in the foreground until Ctrl-C.
 run: $(BIN)/activator
 	$(BIN)/activator check --config examples/activator.toml
+	@echo "activator: serving examples/units; try it from another terminal: nc 127.0.0.1 7007"
+	$(BIN)/activator serve --config examples/activator.toml
 
 # Install everything the tests need, then lint, type-check and run the whole test suite.
 test: deb-test $(BIN)/.test-installed lint typecheck
