@@ -305,6 +305,8 @@ class Manager:
     async def reload(self) -> ReloadReport:
         """Load the units again and apply them (module docstring, Rule 2)."""
         async with self._reloading:
+            if self.draining:  # nothing may bind or listen again once a drain began
+                return ReloadReport()
             listener.notify("RELOADING=1")
             try:
                 catalog = await trio.to_thread.run_sync(self._load)

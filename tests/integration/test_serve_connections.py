@@ -387,6 +387,24 @@ def test_python_systemd_listen_fds_finds_the_connection_on_fd_3(
     assert running.stop() == 0
 
 
+def test_the_handler_alone_holds_the_connection_so_closing_it_ends_the_connection(
+    leaves_nothing: None, server: StartServer
+) -> None:
+    port = free_port()
+    # Says hello, closes the connection (stdin, stdout and stderr: StandardError=inherit), and
+    # lives on for a while.
+    script = "echo hello; exec <&- >&- 2>&-; sleep 30"
+    running = serve_cleanly(
+        server, inetd("c1close", f"127.0.0.1:{port}", f"/bin/sh -c '{script}'", "TimeoutStopSec=1")
+    )
+    started = time.monotonic()
+    with Client(("127.0.0.1", port)) as client:
+        assert client.rest() == b"hello\n"  # EOF: activator kept no copy of the connection
+    assert time.monotonic() - started < 10
+    assert running.invocations() == []  # the handler still runs: its lifetime is its own
+    assert running.stop() == 0
+
+
 def test_what_a_handler_writes_to_its_journal_streams_is_logged_as_its_output(
     leaves_nothing: None, server: StartServer
 ) -> None:
