@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 
 import trio
 
 from activator import listener, logs, uidstore
 from activator.catalog import Catalog
 from activator.loader import load_catalog
-from activator.manager import Manager
+from activator.manager import Manager, log_problems
 from activator.settings import Settings
 from activator.spawner import Spawner
 from activator.startup import open_runtime
@@ -32,21 +33,21 @@ logger = logging.getLogger(__name__)
 
 def serve(settings: Settings, directories: Sequence[str], *, strict: bool = False) -> int:
     """Serve every unit of ``directories`` until SIGTERM or SIGINT; the exit code (0 after a
-    clean stop, 2 when ``strict`` and a unit has errors). Blocking: it owns the process."""
+    clean stop, 2 when ``strict`` and a unit has errors or a socket cannot be made). Blocking:
+    it owns the process."""
     logs.configure(settings.log.format)
     catalog = load_catalog(directories)
     if strict and any(problem.is_error for problem in catalog.problems):
-        for problem in catalog.problems:
-            logs.event(
-                logger, logging.ERROR if problem.is_error else logging.WARNING, "problem",
-                str(problem), path=problem.path, line=problem.line, text=str(problem),
-            )  # fmt: skip
+        log_problems(catalog)
         logger.error("--strict: not serving, the units have errors")
         return 2
     inherited = listener.inherited_sockets(os.environ, os.getpid())
     uidstore.bypass_own_userdb()
     spawner = Spawner.launch()
-    trio.run(_main, settings, list(directories), catalog, spawner, inherited)
+    fatal = trio.run(_main, settings, list(directories), catalog, spawner, inherited, strict)
+    if fatal is not None:  # only with --strict: a socket that could not be made
+        logger.error("--strict: not serving: %s", fatal)
+        return 2
     return 0
 
 
@@ -56,18 +57,30 @@ async def _main(
     catalog: Catalog,
     spawner: Spawner,
     inherited: list[tuple[socket.socket, str | None]],
-) -> None:
-    try:
-        async with trio.open_nursery() as nursery:
-            runtime = await open_runtime(nursery, settings, spawner, userdb=True)
-            manager = Manager(
-                runtime,
-                lambda: load_catalog(directories),
-                inherited=inherited,
-            )
-            await manager.serve(catalog)
-            nursery.cancel_scope.cancel()
-        runtime.leases.close()
-    finally:
-        with trio.CancelScope(shield=True):
-            await spawner.aclose()
+    strict: bool,
+) -> str | None:
+    # Signals are ours from the first moment: a SIGHUP during crash recovery must not kill us.
+    with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+        try:
+            async with trio.open_nursery() as nursery:
+                runtime = await open_runtime(nursery, settings, spawner, userdb=True)
+                manager = Manager(
+                    runtime, lambda: load_catalog(directories), inherited=inherited, strict=strict
+                )
+                nursery.start_soon(_handle_signals, signals, manager)
+                await manager.serve(catalog)
+                nursery.cancel_scope.cancel()
+            runtime.leases.close()
+            return manager.fatal
+        finally:
+            with trio.CancelScope(shield=True):
+                await spawner.aclose()
+
+
+async def _handle_signals(signals: AsyncIterator[int], manager: Manager) -> None:
+    """SIGHUP reloads; SIGTERM and SIGINT stop (a second one kills every handler at once)."""
+    async for signum in signals:
+        if signum == signal.SIGHUP:
+            manager.request_reload()
+        else:
+            manager.request_stop()

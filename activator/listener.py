@@ -65,7 +65,6 @@ IPV6_FREEBIND: Final = 78
 
 _BACKLOG_MAX: Final = 2**31 - 1  # listen() takes an int; the kernel caps it at somaxconn anyway
 _SECOND: Final = 1_000_000  # model timespans are microseconds
-_NOTIFY_TIMEOUT: Final = 5.0  # seconds notify() may block on a receiver whose queue is full
 _UCRED: Final = struct.Struct("iII")  # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
 _NO_ID: Final = 0xFFFFFFFF  # SO_PEERCRED's uid and gid when the peer has no credentials
 _LISTEN_FDS_START: Final = 3  # SD_LISTEN_FDS_START
@@ -536,7 +535,8 @@ def notify(message: str, environ: Mapping[str, str] = os.environ) -> bool:
 
     Returns:
         True when the datagram was sent; False when ``NOTIFY_SOCKET`` is unset, or the send
-        failed (logged, never raised). Blocks at most 5 s, on a receiver whose queue is full.
+        failed (logged, never raised). It never blocks (the event loop calls it): a receiver
+        whose queue is full loses the message, with a warning.
     """
     target = environ.get("NOTIFY_SOCKET")
     if not target:
@@ -551,7 +551,7 @@ def notify(message: str, environ: Mapping[str, str] = os.environ) -> bool:
         return False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(_NOTIFY_TIMEOUT)
+            sock.setblocking(False)
             sock.sendto(message.encode("utf-8", "surrogateescape"), address)
     except OSError as e:
         reason = os.strerror(e.errno) if e.errno is not None else str(e)

@@ -38,7 +38,7 @@ import math
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import attrs
@@ -63,8 +63,18 @@ ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENO
 #: The first and the longest pause after a capacity error of accept().
 BACKOFF_FIRST: Final = 0.05
 BACKOFF_MAX: Final = 1.0
+#: systemd's DefaultStartLimitIntervalSec= and DefaultStartLimitBurst=, for Restart=.
+START_LIMIT_INTERVAL: Final = 10.0
+START_LIMIT_BURST: Final = 5
+#: accept() errors that concern one pending connection only: accept the next one at once
+#: (accept(2): "Linux accept() passes already-pending network errors on the new socket").
+ACCEPT_CONNECTION_ERRNOS: Final = frozenset({
+    errno.ECONNABORTED, errno.EPROTO, errno.EPERM, errno.ENETDOWN, errno.ENOPROTOOPT,
+    errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH,
+    errno.EINTR,
+})  # fmt: skip
 #: Pool failures that are a refusal of the connection, not a failure of the service.
-_POOL_REASONS: Final = frozenset({"exhausted", "queue_full", "wait_timeout"})
+_REJECT_REASONS: Final = frozenset({"exhausted", "queue_full", "wait_timeout", "spawner"})
 #: Signals that end a service cleanly in systemd's eyes (Restart=on-success and friends).
 _CLEAN_SIGNALS: Final = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE})
 
@@ -152,6 +162,7 @@ class _Live:
     service: ServiceUnit
     stop: StopRequest
     per_connection: bool
+    finished: trio.Event = attrs.field(factory=trio.Event)
 
 
 @attrs.define(eq=False)
@@ -207,6 +218,8 @@ class Manager:
             worker thread at start and at each reload.
         inherited: sockets passed to activator by socket activation, with their names; each
             serves the unit whose spec it matches, the rest are closed.
+        strict: a socket that cannot be made at start is fatal (:meth:`serve` returns at once,
+            with :attr:`fatal` set) instead of leaving its unit out.
     """
 
     def __init__(
@@ -215,6 +228,7 @@ class Manager:
         load: Callable[[], Catalog],
         *,
         inherited: Sequence[tuple[socket.socket, str | None]] = (),
+        strict: bool = False,
     ) -> None:
         self.runtime = runtime
         self._load = load
@@ -230,6 +244,11 @@ class Manager:
         self._reloading = trio.Lock()
         self._service_stops: set[StopRequest] = set()
         self._stop_requested = trio.Event()
+        self._reload_queued = False
+        self.strict = strict
+        #: Why :meth:`serve` returned without serving (``strict`` and a socket failed), or None.
+        self.fatal: str | None = None
+        self.serving = False
         self.draining = False
 
     # --- the whole life ------------------------------------------------------------------------
@@ -243,12 +262,17 @@ class Manager:
         """Listen on every socket of ``catalog``'s socket units and serve until SIGTERM, SIGINT
         or :meth:`request_stop`, then drain. SIGHUP reloads. Started with ``nursery.start``, it
         reports what it bound once every socket listens."""
-        with trio.open_signal_receiver(signal.SIGHUP, signal.SIGTERM, signal.SIGINT) as signals:
+        try:
             async with trio.open_nursery() as invocations:
                 self._invocations = invocations
                 async with trio.open_nursery() as loops:
                     self._loops = loops
-                    report = await self._apply(catalog)
+                    try:
+                        report = await self._apply(catalog, strict=self.strict)
+                    except ListenError as error:  # strict: nothing serves, serve() returns
+                        self.fatal = str(error)
+                        loops.cancel_scope.cancel()
+                        return
                     self._close_unused_inherited()
                     count = sum(len(s.listening) for s in self.sockets.values())
                     logs.event(
@@ -257,23 +281,41 @@ class Manager:
                         sockets=count, units=len(self.sockets),
                     )  # fmt: skip
                     listener.notify(f"READY=1\nSTATUS=listening on {count} sockets")
+                    self.serving = True
                     task_status.started(report)
-                    loops.start_soon(self._signal_loop, signals)
                     await self._stop_requested.wait()
                     await self.drain()
                     loops.cancel_scope.cancel()
-        self._close_all()
+        finally:
+            self._close_all()
         logs.event(logger, logging.INFO, "stopped", "stopped")
 
-    async def _signal_loop(self, signals: AsyncIterator[int]) -> None:
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                await self.reload()
-            else:
-                self.request_stop()
+    def request_reload(self) -> None:
+        """Reload soon, as SIGHUP does: requests made while one waits to run are one reload."""
+        if self._loops is None or not self.serving:
+            logger.warning("reload asked for before serving began: ignored")
+            return
+        if self._reload_queued:
+            return
+        self._reload_queued = True
+        self._loops.start_soon(self._queued_reload)
+
+    async def _queued_reload(self) -> None:
+        async with self._reloading:
+            self._reload_queued = False
+            try:
+                await self._reload()
+            except Exception:  # a bug must cost this reload, never the server
+                logger.exception("reload failed; units as they were before it, where possible")
 
     def request_stop(self) -> None:
-        """Make :meth:`serve` drain and return, as SIGTERM does."""
+        """Make :meth:`serve` drain and return, as SIGTERM does; asked again while draining,
+        kill every handler at once (a second Ctrl-C)."""
+        if self._stop_requested.is_set():
+            logger.warning("asked to stop again: killing %d invocations now", len(self.live))
+            for live in list(self.live.values()):
+                live.stop.request(kill=True)
+            return
         self._stop_requested.set()
 
     async def drain(self) -> None:
@@ -291,6 +333,10 @@ class Manager:
         async with self._reloading:  # a reload under way finishes first
             for state in self.sockets.values():
                 state.scope.cancel()
+            for state in self.sockets.values():
+                await state.done.wait()
+            # New clients get a refusal now, not a hang until the last invocation ends.
+            self._close_all()
         async with trio.open_nursery() as timers:
             for stop in self._service_stops:
                 stop.request()
@@ -303,16 +349,24 @@ class Manager:
             timers.cancel_scope.cancel()
 
     async def reload(self) -> ReloadReport:
-        """Load the units again and apply them (module docstring, Rule 2)."""
+        """Load the units again and apply them (module docstring, Rule 2); what changed.
+
+        Raises:
+            ManagerError: activator is stopping.
+        """
         async with self._reloading:
-            if self.draining:  # nothing may bind or listen again once a drain began
-                return ReloadReport()
-            listener.notify("RELOADING=1")
+            return await self._reload()
+
+    async def _reload(self) -> ReloadReport:
+        if self.draining:  # nothing may bind or listen again once a drain began
+            msg = "activator is stopping: not reloading"
+            raise ManagerError(msg)
+        listener.notify("RELOADING=1")
+        try:
             try:
                 catalog = await trio.to_thread.run_sync(self._load)
             except Exception as error:  # the units directories could not be read
                 logger.error("reload failed, keeping every unit as it was: %s", error)
-                listener.notify("READY=1")
                 return ReloadReport()
             report = await self._apply(catalog)
             logs.event(
@@ -322,13 +376,19 @@ class Manager:
                 ),
                 **{k: list(v) for k, v in attrs.asdict(report).items()},
             )  # fmt: skip
-            listener.notify("READY=1")
             return report
+        finally:
+            listener.notify("READY=1")
 
     # --- applying a catalog -------------------------------------------------------------------
 
-    async def _apply(self, catalog: Catalog) -> ReloadReport:
-        _log_problems(catalog, self.catalog)
+    async def _apply(self, catalog: Catalog, *, strict: bool = False) -> ReloadReport:
+        """Make the running socket units those of ``catalog`` (module docstring, Rule 2).
+
+        Raises:
+            ListenError: ``strict`` and a socket could not be made (nothing is left bound).
+        """
+        log_problems(catalog, self.catalog)
         wanted = {
             name: loaded.unit
             for name, loaded in catalog.units.items()
@@ -367,53 +427,45 @@ class Manager:
                     new_paths.add(path)
         # An old socket on an address whose options changed must go before its successor can
         # bind there (no two listening sockets share an address without ReusePort=).
+        closed: set[ListenSpec] = set()
         needed = {spec for name in (*added, *changed) for spec in listener.specs_of(wanted[name])}
         for spec in [s for s in spare if s not in needed]:
             if any(n.listen == spec.listen for n in needed):
                 for sock in spare.pop(spec):
                     _close(sock)
+                closed.add(spec)
         for name in (*added, *changed):
-            unit = wanted[name]
+            old = stopped.get(name)
             try:
-                listening = await self._acquire(unit, spare)
-            except ListenError as error:
-                logger.error("%s", error)
-                if name in changed:
-                    changed.remove(name)
+                listening = await self._acquire(wanted[name], spare)
+            except Exception as error:
+                if strict:
+                    raise
+                if isinstance(error, ListenError):
+                    logger.error("%s", error)
                 else:
-                    added.remove(name)
+                    logger.exception("%s: making its sockets", name)
+                (changed if old is not None else added).remove(name)
                 failed.append(name)
+                if old is not None:  # the previous version goes on: its sockets, or new ones
+                    try:
+                        listening = await self._acquire(old.unit, spare)
+                    except Exception as again:
+                        logger.error(
+                            "%s: its previous version cannot listen either: %s", name, again
+                        )
+                        continue
+                    await self._start_state(old.unit, old.catalog, listening, old)
                 continue
-            admission = Admission(Limits.of(unit))
-            if name in stopped:  # live connections of the old version still count
-                admission = stopped[name].admission
-                admission.limits = Limits.of(unit)
-            state = _SocketState(
-                unit=unit,
-                catalog=catalog,
-                listening=listening,
-                admission=admission,
-                poll_limit=RateLimit.of(unit.poll_limit_interval_sec, unit.poll_limit_burst),
-                trigger_limit=RateLimit.of(
-                    unit.trigger_limit_interval_sec, unit.trigger_limit_burst
-                ),
-            )
-            self.sockets[name] = state
-            for spec, _ in listening:
-                logs.event(
-                    logger, logging.INFO, "listening",
-                    f"{name}: listening on {listener.describe(spec)}",
-                    unit=name, address=listener.describe(spec),
-                )  # fmt: skip
-            assert self._loops is not None
-            await self._loops.start(self._run_socket, state)
-        for specs in spare.values():  # sockets no new unit took
-            for sock in specs:
+            await self._start_state(wanted[name], catalog, listening, old)
+        for spec, socks in spare.items():  # sockets no new unit took
+            for sock in socks:
                 _close(sock)
+                closed.add(spec)
         for state in stopped.values():
-            if state.unit.remove_on_stop:
+            if state.unit.remove_on_stop and state.unit.name.name not in self.sockets:
                 for spec, _ in state.listening:
-                    if spec in spare and _path(spec) not in new_paths:
+                    if spec in closed and _path(spec) not in new_paths:
                         listener.remove_socket_file(spec)
         if self.catalog is not None:  # services (and templates) are reported too
             before, after = _services(self.catalog), _services(catalog)
@@ -426,6 +478,47 @@ class Manager:
         return ReloadReport(
             tuple(added), tuple(removed), tuple(changed), tuple(kept), tuple(failed)
         )
+
+    async def _start_state(
+        self,
+        unit: SocketUnit,
+        catalog: Catalog,
+        listening: list[tuple[ListenSpec, socket.socket]],
+        old: _SocketState | None,
+    ) -> None:
+        """Run a socket unit on ``listening``; what the old version counted carries over (its
+        live connections, and its rate limit windows when the limits are the same)."""
+        poll = RateLimit.of(unit.poll_limit_interval_sec, unit.poll_limit_burst)
+        trigger = RateLimit.of(unit.trigger_limit_interval_sec, unit.trigger_limit_burst)
+        admission = Admission(Limits.of(unit))
+        if old is not None:
+            admission = old.admission
+            admission.limits = Limits.of(unit)
+            if (old.poll_limit.interval, old.poll_limit.burst) == (poll.interval, poll.burst):
+                poll = old.poll_limit
+            if (old.trigger_limit.interval, old.trigger_limit.burst) == (
+                trigger.interval,
+                trigger.burst,
+            ):
+                trigger = old.trigger_limit
+        state = _SocketState(
+            unit=unit,
+            catalog=catalog,
+            listening=listening,
+            admission=admission,
+            poll_limit=poll,
+            trigger_limit=trigger,
+        )
+        name = unit.name.name
+        self.sockets[name] = state
+        for spec, _ in listening:
+            logs.event(
+                logger, logging.INFO, "listening",
+                f"{name}: listening on {listener.describe(spec)}",
+                unit=name, address=listener.describe(spec),
+            )  # fmt: skip
+        assert self._loops is not None
+        await self._loops.start(self._run_socket, state)
 
     async def _acquire(
         self, unit: SocketUnit, spare: dict[ListenSpec, list[socket.socket]]
@@ -521,16 +614,19 @@ class Manager:
                 await trio.lowlevel.wait_readable(sock)
                 continue
             except OSError as error:
-                if error.errno in ACCEPT_CAPACITY_ERRNOS:
-                    backoff = min(BACKOFF_MAX, max(BACKOFF_FIRST, backoff * 2))
-                    logger.warning(
-                        "%s: accept: %s; retrying in %.2f s",
-                        state.name, error.strerror, backoff,
-                    )  # fmt: skip
-                    await trio.sleep(backoff)
-                else:  # ECONNABORTED, EPROTO, ...: that connection is gone, the socket is fine
-                    logger.info("%s: accept: %s", state.name, error.strerror)
+                if error.errno in ACCEPT_CONNECTION_ERRNOS:  # that connection is gone
+                    logger.info(
+                        "%s: %s: accept: %s", state.name, listener.describe(spec), error.strerror
+                    )
                     await trio.lowlevel.checkpoint()
+                    continue
+                # Out of descriptors or memory (or worse): back off and retry, never give up.
+                backoff = min(BACKOFF_MAX, max(BACKOFF_FIRST, backoff * 2))
+                logger.warning(
+                    "%s: %s: accept: %s; retrying in %.2f s",
+                    state.name, listener.describe(spec), error.strerror, backoff,
+                )  # fmt: skip
+                await trio.sleep(backoff)
                 continue
             backoff = 0.0
             try:
@@ -573,11 +669,15 @@ class Manager:
         self, state: _SocketState, conn: socket.socket, peer: Peer, source: Source, number: int
     ) -> None:
         try:
+            if self.draining:  # accepted just before the drain: no handler starts any more
+                self._log_reject(state.name, peer, "stopping")
+                return
             name = state.unit.activates.with_instance(instance_name(number, peer))
             try:
                 service = _service_of(state.catalog, name)
             except (ConfigError, ManagerError) as error:
-                logger.error("%s: %s", name.name, error)
+                logger.error("%s", error)
+                self._log_reject(state.name, peer, "unit_error")
                 return
             outcome = await self._invoke(
                 service,
@@ -588,13 +688,16 @@ class Manager:
                 socket_unit=state.name,
                 on_spawned=conn.close,  # the handler has it: our copy goes at once
             )
-            if outcome.reason in _POOL_REASONS or outcome.reason == "spawner":
+            if outcome.reason in _REJECT_REASONS:
                 self._log_reject(state.name, peer, outcome.reason or "")
         except Exception:  # a bug must cost one connection, never the server (Rule 1)
             logger.exception("%s: connection from %s", state.name, describe_peer(peer))
         finally:
             _close(conn)
-            state.admission.release(source)
+            try:
+                state.admission.release(source)
+            except Exception:
+                logger.exception("%s: releasing the admission of %s", state.name, source)
 
     async def _invoke(
         self,
@@ -649,13 +752,15 @@ class Manager:
             del self.live[invocation]
             if not self.live:
                 self._idle.set()
-        if outcome.reason not in _POOL_REASONS:
+        if outcome.reason not in _REJECT_REASONS:
             _log_outcome(outcome, socket_unit, peer)
         return outcome
 
     async def _activation_loop(self, state: _SocketState) -> None:
         """Accept=no: start the service on traffic (or a start request), run it to its end
-        with its restarts, then wait again."""
+        with its restarts, then wait again. Cancelled (a reload, a drain), it asks the service to
+        stop and returns once it is gone."""
+        failures = 0
         while True:
             await self._wait_traffic(state)
             await self._pause_for_limits(state, state.poll_limit, "PollLimit")
@@ -664,21 +769,42 @@ class Manager:
             try:
                 service = _service_of(state.catalog, name)
             except (ConfigError, ManagerError) as error:
-                logger.error("%s: %s", name.name, error)
-                await trio.sleep(1.0)
+                logger.error("%s", error)
+                await trio.sleep(min(30.0, 2.0**failures))
+                failures += 1
                 continue
+            failures = 0
             live_stop = StopRequest()
             state.service = _Live(service, live_stop, per_connection=False)
+            finished = trio.Event()
+
+            async def run(
+                service: ServiceUnit = service,
+                stop: StopRequest = live_stop,
+                finished: trio.Event = finished,
+            ) -> None:
+                with trio.CancelScope(shield=True):  # it ends by request, never by cancellation
+                    try:
+                        await self._guarded_restarts(
+                            service,
+                            fds=[sock.fileno() for _, sock in state.listening],
+                            names=[state.unit.fd_name] * len(state.listening),
+                            socket_unit=state.name,
+                            stop=stop,
+                        )
+                    finally:
+                        finished.set()
+
             try:
-                with trio.CancelScope(shield=True):  # a reload stops it by request, not by cancel
-                    await self._guarded_restarts(
-                        service,
-                        fds=[sock.fileno() for _, sock in state.listening],
-                        names=[state.unit.fd_name] * len(state.listening),
-                        socket_unit=state.name,
-                        stop=live_stop,
-                    )
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(run)
+                    try:
+                        await finished.wait()
+                    except trio.Cancelled:
+                        live_stop.request()  # KillSignal=, then SIGKILL: the shielded run ends
+                        raise
             finally:
+                state.service.finished.set()
                 state.service = None
                 state.kick = trio.Event()
 
@@ -736,6 +862,10 @@ class Manager:
         socket_unit: str | None,
         stop: StopRequest,
     ) -> None:
+        # systemd's DefaultStartLimitIntervalSec=10s, DefaultStartLimitBurst=5: past it, restarts
+        # pause for the rest of the window (systemd gives up for good instead).
+        starts = RateLimit(START_LIMIT_INTERVAL, START_LIMIT_BURST)
+        starts.check(trio.current_time())
         while True:
             outcome = await self._invoke(
                 service,
@@ -750,7 +880,9 @@ class Manager:
             restart = should_restart(service.restart, outcome, ignore_failure=ignore)
             if stop.requested or self.draining or not restart:
                 return
-            delay = 0.0 if service.restart_sec is None else service.restart_sec / SECOND
+            # RestartSec=infinity: never (as systemd, whose timer never fires).
+            delay = math.inf if service.restart_sec is None else service.restart_sec / SECOND
+            delay = max(delay, starts.check(trio.current_time()))
             logger.info(
                 "%s: restarting in %.3f s (Restart=%s)",
                 service.name.name, delay, service.restart.value,
@@ -812,8 +944,10 @@ class Manager:
             msg = f"{name}: {error}"
             raise ManagerError(msg) from error
         for state in self.sockets.values():
-            if state.service is not None and state.service.service.name.name == name:
-                state.service.stop.request()
+            live = state.service
+            if live is not None and live.service.name.name == name:
+                live.stop.request()
+                await live.finished.wait()
         run = self.services.get(name)
         if run is not None:
             run.stop.request()
@@ -847,19 +981,20 @@ async def _relay_output(fd: int, unit: str, invocation: str) -> None:
         while True:
             try:
                 chunk = await stream.receive_some(65536)
-            except (trio.ClosedResourceError, OSError):
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 chunk = b""
             if not chunk:
                 break
             pending += chunk
             *lines, pending = pending.split(b"\n")
-            if len(pending) > OUTPUT_LINE_MAX:
-                lines.append(pending)
-                pending = b""
+            while len(pending) >= OUTPUT_LINE_MAX:  # a long line is logged in pieces
+                lines.append(pending[:OUTPUT_LINE_MAX])
+                pending = pending[OUTPUT_LINE_MAX:]
             for line in lines:
-                _log_output(unit, invocation, line[:OUTPUT_LINE_MAX])
+                for start in range(0, max(len(line), 1), OUTPUT_LINE_MAX):
+                    _log_output(unit, invocation, line[start : start + OUTPUT_LINE_MAX])
     if pending:
-        _log_output(unit, invocation, pending[:OUTPUT_LINE_MAX])
+        _log_output(unit, invocation, pending)
 
 
 def _log_output(unit: str, invocation: str, line: bytes) -> None:
@@ -914,7 +1049,9 @@ def _close(sock: socket.socket) -> None:
         sock.close()
 
 
-def _log_problems(catalog: Catalog, previous: Catalog | None) -> None:
+def log_problems(catalog: Catalog, previous: Catalog | None = None) -> None:
+    """Log each problem of ``catalog`` (an error or warning of a unit) not in ``previous``, as
+    a ``problem`` event."""
     seen = set() if previous is None else set(previous.problems)
     for problem in catalog.problems:
         if problem in seen:

@@ -271,7 +271,12 @@ def sockets(draw: st.DrawFn) -> SocketUnit:
         "poll_limit_burst": draw(st.integers(0, 2**32 - 1)),
         "trigger_limit_interval_sec": draw(timespan),
         "trigger_limit_burst": draw(st.integers(0, 2**32 - 1)),
-        "ip_address_allow": tuple(draw(st.lists(ip_networks, max_size=3, unique=True))),
-        "ip_address_deny": tuple(draw(st.lists(ip_networks, max_size=3, unique=True))),
+        # Only Accept=yes sockets may filter addresses (activator checks them when it accepts).
+        "ip_address_allow": tuple(
+            draw(st.lists(ip_networks, max_size=3 if accept else 0, unique=True))
+        ),
+        "ip_address_deny": tuple(
+            draw(st.lists(ip_networks, max_size=3 if accept else 0, unique=True))
+        ),
     }
     return attrs.evolve(SocketUnit(name=draw(unit_names("socket"))), **fields)

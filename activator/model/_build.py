@@ -256,3 +256,11 @@ def _finish_socket(b: _Builder, f: dict[str, Any]) -> None:
     for field in ("ip_address_allow", "ip_address_deny"):
         if field in f:
             f[field] = tuple(dict.fromkeys(f[field]))
+        if f.get(field) and not accept:
+            # systemd filters the unit's packets in the kernel; activator checks the peer when it
+            # accepts, and with Accept=no the service accepts (or receives) by itself.
+            b.error(
+                b.origin.get(field),
+                "IPAddressAllow=/IPAddressDeny= need Accept=yes in activator (it checks the peer "
+                "when it accepts; with Accept=no the service accepts by itself). Refusing.",
+            )

@@ -18,10 +18,11 @@ import pytest
 import trio
 
 from activator import teardown
+from activator.catalog import Catalog
 from activator.invocation import Outcome, Runtime
 from activator.leases import LeaseService
 from activator.loader import load_catalog
-from activator.manager import Manager, ManagerError
+from activator.manager import Manager, ManagerError, ReloadReport
 from activator.spawner import Spawner
 
 pytestmark = pytest.mark.root
@@ -58,8 +59,21 @@ class World:
         self.leases = leases
         self.outcomes: list[Outcome] = []
         self.finished = trio.Event()
+        self.stopped = trio.Event()
         runtime.on_finished = self._record
         self.manager = Manager(runtime, lambda: load_catalog([str(units)]))
+
+    async def serve(
+        self,
+        catalog: Catalog,
+        *,
+        task_status: trio.TaskStatus[ReloadReport] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run the manager until it stops (:attr:`stopped` is set then)."""
+        try:
+            await self.manager.serve(catalog, task_status=task_status)
+        finally:
+            self.stopped.set()
 
     def _record(self, outcome: Outcome) -> None:
         self.outcomes.append(outcome)
@@ -101,17 +115,15 @@ async def world(tmp_path: Path) -> AsyncIterator[Start]:
             write(tmp_path / "units", units)
             world = World(runtime, tmp_path / "units", tmp_path / "uid")
             catalog = await trio.to_thread.run_sync(load_catalog, [str(world.units)])
-            await nursery.start(world.manager.serve, catalog)
+            await nursery.start(world.serve, catalog)
             worlds.append(world)
             return world
 
         yield start
-        for world in worlds:
-            world.manager.request_stop()
         with trio.fail_after(30):
-            while any(not w.manager.draining or w.manager.live for w in worlds):  # noqa: ASYNC110
-                await trio.sleep(0.05)
-            await trio.sleep(0.1)
+            for world in worlds:
+                world.manager.request_stop()
+                await world.stopped.wait()
         nursery.cancel_scope.cancel()
     leases.close()
     await spawner.aclose()
@@ -277,3 +289,135 @@ async def test_a_reload_keeps_an_unchanged_socket_and_rebinds_a_changed_one(worl
     with socket.create_connection(("127.0.0.1", two)):
         pass
     await w.wait_outcomes(2)
+
+
+async def test_a_changed_socket_unit_with_the_same_listen_spec_keeps_its_socket(
+    world: Start,
+) -> None:
+    port = free_port()
+    service = "[Service]\nExecStart=/bin/true\nDynamicUser=yes\nStandardInput=socket\n"
+    w = await world({
+        "m.socket": f"[Socket]\nListenStream=127.0.0.1:{port}\nAccept=yes\n",
+        "m@.service": service,
+    })  # fmt: skip
+    before = w.manager.sockets["m.socket"].listening[0][1]
+    write(
+        w.units,
+        {"m.socket": f"[Socket]\nListenStream=127.0.0.1:{port}\nAccept=yes\nMaxConnections=3\n"},
+    )
+    report = await w.manager.reload()
+    assert report.changed == ("m.socket",)
+    state = w.manager.sockets["m.socket"]
+    assert state.listening[0][1] is before
+    assert state.admission.limits.max_connections == 3
+    with socket.create_connection(("127.0.0.1", port)):
+        pass
+    await w.wait_outcomes(1)
+
+
+async def test_a_changed_unit_that_cannot_bind_keeps_its_previous_version(world: Start) -> None:
+    port = free_port()
+    service = "[Service]\nExecStart=/bin/true\nDynamicUser=yes\nStandardInput=socket\n"
+    w = await world({
+        "k.socket": f"[Socket]\nListenStream=127.0.0.1:{port}\nAccept=yes\n",
+        "k@.service": service,
+    })  # fmt: skip
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        write(w.units, {"k.socket": f"[Socket]\nListenStream=127.0.0.1:{busy}\nAccept=yes\n"})
+        report = await w.manager.reload()
+    assert report.failed == ("k.socket",)
+    assert "k.socket" in w.manager.sockets
+    with socket.create_connection(("127.0.0.1", port)):
+        pass
+    await w.wait_outcomes(1)
+
+
+async def test_a_reload_that_removes_a_unit_removes_its_socket_file_with_remove_on_stop(
+    world: Start, tmp_path: Path
+) -> None:
+    path = tmp_path / "r.sock"
+    service = "[Service]\nExecStart=/bin/true\nDynamicUser=yes\nStandardInput=socket\n"
+    w = await world({
+        "r.socket": f"[Socket]\nListenStream={path}\nAccept=yes\nRemoveOnStop=yes\n",
+        "r@.service": service,
+    })  # fmt: skip
+    assert path.is_socket()
+    (w.units / "r.socket").unlink()
+    report = await w.manager.reload()
+    assert report.removed == ("r.socket",)
+    assert not path.exists()
+
+
+async def test_strict_refuses_to_serve_when_a_socket_cannot_be_made(tmp_path: Path) -> None:
+    spawner = Spawner.launch()
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(spawner.serve)
+            cgroups = await trio.to_thread.run_sync(teardown.Cgroups.detect)
+            leases = LeaseService(FIRST, LAST, lease_directory=str(tmp_path / "uid"))
+            runtime = Runtime(spawner, leases, cgroups)
+            good, bad = free_port(), free_port()
+            service = "[Service]\nExecStart=/bin/true\nDynamicUser=yes\nStandardInput=socket\n"
+            write(tmp_path / "units", {
+                "a.socket": f"[Socket]\nListenStream=127.0.0.1:{good}\nAccept=yes\n",
+                "a@.service": service,
+                "b.socket": f"[Socket]\nListenStream=127.0.0.1:{bad}\nAccept=yes\n",
+                "b@.service": service,
+            })  # fmt: skip
+            catalog = await trio.to_thread.run_sync(load_catalog, [str(tmp_path / "units")])
+            manager = Manager(runtime, lambda: catalog, strict=True)
+            with socket.socket() as taken:
+                taken.bind(("127.0.0.1", bad))
+                taken.listen()
+                with trio.fail_after(10):
+                    await manager.serve(catalog)
+            assert manager.fatal is not None
+            assert f"b.socket: ListenStream=127.0.0.1:{bad}: bind: Address already in use" in (
+                manager.fatal
+            )
+            with pytest.raises(ConnectionRefusedError):  # nothing stayed bound
+                socket.create_connection(("127.0.0.1", good)).close()
+            nursery.cancel_scope.cancel()
+    finally:
+        await spawner.aclose()
+
+
+async def test_a_second_stop_request_kills_connections_at_once(world: Start) -> None:
+    port = free_port()
+    w = await world({
+        "h.socket": f"[Socket]\nListenStream=127.0.0.1:{port}\nAccept=yes\n",
+        "h@.service": (
+            "[Service]\nExecStart=/bin/sleep 1000\nDynamicUser=yes\nStandardInput=socket\n"
+            "TimeoutStopSec=1h\n"
+        ),
+    })  # fmt: skip
+    with socket.create_connection(("127.0.0.1", port)):
+        await w.wait_until(lambda: len(pool_processes()) == 1)
+        w.manager.request_stop()
+        await trio.sleep(0.3)
+        assert len(pool_processes()) == 1  # TimeoutStopSec=1h: it may still finish by itself
+        w.manager.request_stop()
+        (outcome,) = await w.wait_outcomes(1)
+    assert outcome.status is not None
+    assert outcome.status.signal == 9
+    assert outcome.stopped
+
+
+async def test_restart_sec_infinity_never_restarts(world: Start) -> None:
+    unit = """\
+[Service]
+ExecStart=/bin/sh -c 'exit 3'
+DynamicUser=yes
+Restart=always
+RestartSec=infinity
+"""
+    w = await world({"never.service": unit})
+    await w.manager.start("never.service")
+    await w.wait_outcomes(1)
+    await trio.sleep(0.3)
+    assert len(w.outcomes) == 1
+    await w.manager.stop("never.service")
+    assert "never.service" not in w.manager.services

@@ -292,6 +292,21 @@ def test_accept_yes_refuses_datagrams_and_service() -> None:
     ]
 
 
+def test_address_filters_need_accept_yes() -> None:
+    assert errors_of(
+        "a.socket", "[Socket]\nListenStream=80\nIPAddressDeny=any\nIPAddressAllow=localhost\n"
+    ) == [
+        "a.socket:3: IPAddressDeny='any': IPAddressAllow=/IPAddressDeny= need Accept=yes in "
+        "activator (it checks the peer when it accepts; with Accept=no the service accepts by "
+        "itself). Refusing.",
+        "a.socket:4: IPAddressAllow='localhost': IPAddressAllow=/IPAddressDeny= need Accept=yes "
+        "in activator (it checks the peer when it accepts; with Accept=no the service accepts by "
+        "itself). Refusing.",
+    ]
+    unit, _ = socket("a.socket", "[Socket]\nListenStream=80\nAccept=yes\nIPAddressDeny=any\n")
+    assert len(unit.ip_address_deny) == 2
+
+
 def test_privileged_exec_prefixes_are_refused() -> None:
     found = errors_of("a.service", "[Service]\nExecStart=+/bin/a\n")
     assert found[0].startswith("a.service:2: ExecStart='+/bin/a': prefix '+' runs the command")
