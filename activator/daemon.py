@@ -69,6 +69,8 @@ async def _main(
                 )
                 nursery.start_soon(_handle_signals, signals, manager)
                 await manager.serve(catalog)
+                # Per-connection units leave empty cgroup directories of their own behind.
+                await trio.to_thread.run_sync(runtime.cgroups.remove_empty)
                 nursery.cancel_scope.cancel()
             runtime.leases.close()
             return manager.fatal

@@ -25,6 +25,7 @@ lease is released.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import math
 import os
@@ -32,7 +33,7 @@ import pwd
 import resource
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import TypeVar
 
 import attrs
@@ -296,7 +297,12 @@ async def run_invocation(
         # The lease stays held (this process keeps its lock): a UID is never released while
         # anything of it may live. A restart reclaims it.
         logger.error("%s %s: teardown failed, UID kept: %s", unit, invocation, error)
-        failure = _Failed(stage="teardown", message=str(error))
+        if failure is None:
+            failure = _Failed(stage="teardown", message=str(error))
+        else:  # the first failure is the story; the teardown's is its epilogue
+            failure = _Failed(
+                failure.stage, f"{failure}; then teardown failed: {error}", failure.reason
+            )
     outcome = Outcome(
         invocation=invocation,
         unit=unit,
@@ -422,18 +428,57 @@ async def _teardown(
     """Kill and drain the cgroup, remove runtime directories, clear the UID's kernel keys, then
     release the lease."""
     if cgroup is not None:
-        await teardown.kill_and_wait(runtime.cgroups, cgroup)
+        await _patiently(unit, teardown.kill_and_wait, runtime.cgroups, cgroup)
         how = "cgroup" if how == "never ran" else f"{how} and cgroup"
     if service.runtime_directory:
-        try:
-            await trio.to_thread.run_sync(directories.remove_runtime_directories, service)
-        except (OSError, directories.DirectoryError) as error:
-            # Files of the UID would stay reachable under /run: the lease is kept.
-            msg = f"removing the runtime directory: {error}"
-            raise teardown.TeardownError(msg) from error
+        await _patiently(unit, _remove_runtime_directories, service)
     if lease is not None:
-        await _clear_keys(runtime, lease.uid, unit)
-        await runtime.leases.release(lease, Vacated(lease.uid, how))
+        await _patiently(unit, _clear_keys, runtime, lease.uid, unit)
+        await _patiently(unit, runtime.leases.release, lease, Vacated(lease.uid, how))
+
+
+async def _remove_runtime_directories(service: ServiceUnit) -> None:
+    try:
+        await trio.to_thread.run_sync(directories.remove_runtime_directories, service)
+    except (OSError, directories.DirectoryError) as error:
+        # Files of the UID would stay reachable under /run: the lease is kept.
+        msg = f"removing the runtime directory: {error}"
+        raise teardown.TeardownError(msg) from error
+
+
+#: Errors that say "not now" (out of descriptors, memory or buffers), not "never".
+_SHORTAGE_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+#: How long a teardown step retries through a shortage before the UID is given up on.
+SHORTAGE_PATIENCE = 300.0
+
+
+async def _patiently(unit: str, step: Callable[..., Awaitable[None]], *args: object) -> None:
+    """Run a teardown step; while it fails for a shortage of descriptors or memory, retry it
+    with a growing pause (a burst that exhausts descriptors must not cost the pool its UIDs;
+    every step is safe to repeat). Other errors, and a shortage that outlasts
+    :data:`SHORTAGE_PATIENCE`, are raised (the lease is kept)."""
+    deadline = trio.current_time() + SHORTAGE_PATIENCE
+    delay = 0.01
+    while True:
+        try:
+            await step(*args)
+            return
+        except (teardown.TeardownError, OSError) as error:
+            cause = _shortage(error)
+            if cause is None or trio.current_time() + delay > deadline:
+                raise
+            logger.warning("%s: teardown: %s; retrying in %.2f s", unit, cause, delay)
+        await trio.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+def _shortage(error: BaseException | None) -> str | None:
+    """The text of a shortage error in ``error`` or its causes, else None."""
+    while error is not None:
+        if isinstance(error, OSError) and error.errno in _SHORTAGE_ERRNOS:
+            return os.strerror(error.errno)
+        error = error.__cause__ or error.__context__
+    return None
 
 
 #: How long teardown waits for the kernel to free the keys of a cleared UID.

@@ -376,6 +376,8 @@ class Cgroups:
             for path in reversed(made):
                 with contextlib.suppress(OSError):
                     os.rmdir(path)
+                with contextlib.suppress(OSError):  # the unit's, unless another invocation is in it
+                    os.rmdir(os.path.dirname(path))
             raise
         return Cgroup(name, tuple(made))
 
@@ -503,6 +505,18 @@ class Cgroups:
                         f"{root}/{self.base}/{unit_dir}/{invocation_dir}"
                     )
         return [Cgroup(name, tuple(paths)) for name, paths in sorted(found.items())]
+
+    def remove_empty(self) -> None:
+        """Remove the unit directories that hold no invocation, and the base if it is empty
+        then (at shutdown: another activator may still use the base; never raises)."""
+        for root in self.roots:
+            base = f"{root}/{self.base}"
+            with contextlib.suppress(OSError, TeardownError):
+                for unit_dir in _subdirectories(base):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(f"{base}/{unit_dir}")
+            with contextlib.suppress(OSError):
+                os.rmdir(base)
 
     def remove_base(self) -> None:
         """Remove the base directories (and empty unit directories in them): at shutdown, and
