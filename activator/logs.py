@@ -59,7 +59,8 @@ class JsonFormatter(logging.Formatter):
         if attached is not None:
             name, fields = attached
             out["event"] = name
-            out.update(fields)
+            for key, value in fields.items():
+                out.setdefault(key, value)  # an event never overwrites time, level or message
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str, ensure_ascii=False)
