@@ -785,7 +785,7 @@ class Manager:
             ) -> None:
                 with trio.CancelScope(shield=True):  # it ends by request, never by cancellation
                     try:
-                        await self._guarded_restarts(
+                        await self._run_with_restarts(
                             service,
                             fds=[sock.fileno() for _, sock in state.listening],
                             names=[state.unit.fd_name] * len(state.listening),
@@ -823,22 +823,6 @@ class Manager:
                 nursery.start_soon(readable, sock)
             nursery.start_soon(kicked)
 
-    async def _guarded_restarts(
-        self,
-        service: ServiceUnit,
-        *,
-        fds: Sequence[int],
-        names: Sequence[str],
-        socket_unit: str | None,
-        stop: StopRequest,
-    ) -> None:
-        try:
-            await self._run_with_restarts(
-                service, fds=fds, names=names, socket_unit=socket_unit, stop=stop
-            )
-        except Exception:  # a bug must cost this service, never the server (Rule 1)
-            logger.exception("%s: running the service", service.name.name)
-
     async def _run_with_restarts(
         self,
         service: ServiceUnit,
@@ -848,47 +832,42 @@ class Manager:
         socket_unit: str | None,
         stop: StopRequest,
     ) -> None:
-        self._service_stops.add(stop)
-        try:
-            await self._restart_loop(service, fds, names, socket_unit, stop)
-        finally:
-            self._service_stops.discard(stop)
+        """Run the service, and again as ``Restart=`` says, until it stays down or ``stop``.
 
-    async def _restart_loop(
-        self,
-        service: ServiceUnit,
-        fds: Sequence[int],
-        names: Sequence[str],
-        socket_unit: str | None,
-        stop: StopRequest,
-    ) -> None:
-        # systemd's DefaultStartLimitIntervalSec=10s, DefaultStartLimitBurst=5: past it, restarts
-        # pause for the rest of the window (systemd gives up for good instead).
+        systemd's DefaultStartLimitIntervalSec=10s and DefaultStartLimitBurst=5 apply: past
+        them, restarts pause for the rest of the window (systemd gives up for good instead).
+        """
+        self._service_stops.add(stop)
         starts = RateLimit(START_LIMIT_INTERVAL, START_LIMIT_BURST)
         starts.check(trio.current_time())
-        while True:
-            outcome = await self._invoke(
-                service,
-                fds=fds,
-                descriptors=Descriptors(sockets=tuple(range(len(fds))), socket_names=tuple(names)),
-                peer=None,
-                per_connection=False,
-                socket_unit=socket_unit,
-                stop=stop,
-            )
-            ignore = bool(service.exec_start) and service.exec_start[0].ignore_failure
-            restart = should_restart(service.restart, outcome, ignore_failure=ignore)
-            if stop.requested or self.draining or not restart:
-                return
-            # RestartSec=infinity: never (as systemd, whose timer never fires).
-            delay = math.inf if service.restart_sec is None else service.restart_sec / SECOND
-            delay = max(delay, starts.check(trio.current_time()))
-            logger.info(
-                "%s: restarting in %.3f s (Restart=%s)",
-                service.name.name, delay, service.restart.value,
-            )  # fmt: skip
-            with trio.move_on_after(delay) as scope, stop.cancels(scope):
-                await trio.sleep_forever()
+        descriptors = Descriptors(sockets=tuple(range(len(fds))), socket_names=tuple(names))
+        ignore = bool(service.exec_start) and service.exec_start[0].ignore_failure
+        try:
+            while not stop.requested:  # a request also ends the pause below
+                outcome = await self._invoke(
+                    service,
+                    fds=fds,
+                    descriptors=descriptors,
+                    peer=None,
+                    per_connection=False,
+                    socket_unit=socket_unit,
+                    stop=stop,
+                )
+                restart = should_restart(service.restart, outcome, ignore_failure=ignore)
+                # RestartSec=infinity: never (as systemd, whose timer never fires).
+                if self.draining or not restart or service.restart_sec is None:
+                    return
+                delay = max(service.restart_sec / SECOND, starts.check(trio.current_time()))
+                logger.info(
+                    "%s: restarting in %.3f s (Restart=%s)",
+                    service.name.name, delay, service.restart.value,
+                )  # fmt: skip
+                with trio.move_on_after(delay) as scope, stop.cancels(scope):
+                    await trio.sleep_forever()
+        except Exception:  # a bug must cost this service, never the server (Rule 1)
+            logger.exception("%s: running the service", service.name.name)
+        finally:
+            self._service_stops.discard(stop)
 
     # --- plain services ---------------------------------------------------------------------
 
@@ -926,7 +905,7 @@ class Manager:
 
         async def runner() -> None:
             try:
-                await self._guarded_restarts(
+                await self._run_with_restarts(
                     service, fds=(), names=(), socket_unit=None, stop=run.stop
                 )
             finally:

@@ -12,7 +12,9 @@ the whole answer; :func:`getent_passwd` asks the host's NSS (nss-systemd include
 
 Fixtures:
     server: (re-exported by conftest) a factory ``server(units, settings="", strict=False)``
-        of running servers, each stopped with SIGTERM (then SIGKILL, by PID) when the test ends.
+        of running servers, each stopped with SIGTERM (then SIGKILL, by PID) when the test ends;
+        ``wrapper=["prlimit", "--nofile=64:64", "--"]`` runs the server through a command that
+        execs it.
 """
 
 from __future__ import annotations
@@ -163,6 +165,18 @@ def write_units(directory: Path, units: Mapping[str, str]) -> None:
         (directory / name).write_text(text, encoding="utf-8")
 
 
+def write_config(directory: Path, settings: str = "") -> Path:
+    """``directory/activator.toml`` for a test server: units from ``directory/units``, no
+    metrics endpoint, JSON log, then ``settings`` (more TOML tables)."""
+    config = directory / "activator.toml"
+    config.write_text(
+        f'[units]\ndirectories = ["units"]\n[metrics]\nlisten = ""\n'
+        f'[log]\nformat = "json"\n{settings}',
+        encoding="utf-8",
+    )
+    return config
+
+
 def lease_files() -> list[str]:
     """The lease lock files that exist now (one per leased UID)."""
     try:
@@ -185,16 +199,12 @@ def server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         env: Mapping[str, str] | None = None,
         pass_fds: Sequence[int] = (),
         wait: bool = True,
+        wrapper: Sequence[str] = (),
     ) -> Server:
         directory = tmp_path / f"server{len(started)}"
         write_units(directory / "units", units)
-        config = directory / "activator.toml"
-        config.write_text(
-            f'[units]\ndirectories = ["units"]\n[metrics]\nlisten = ""\n'
-            f'[log]\nformat = "json"\n{settings}',
-            encoding="utf-8",
-        )
-        argv = activator_command("serve", "--config", str(config), *args)
+        config = write_config(directory, settings)
+        argv = [*wrapper, *activator_command("serve", "--config", str(config), *args)]
         if strict:
             argv.append("--strict")
         proc = subprocess.Popen(

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import CHECKOUT, activator_command
-from tests.integration.serving import Server, free_port, lease_files, write_units
+from tests.integration.serving import Server, free_port, lease_files, write_config, write_units
 
 pytestmark = pytest.mark.root
 
@@ -40,16 +40,33 @@ def notifications(sock: socket.socket, until: str, timeout: float = 20.0) -> lis
     return got
 
 
+def start_activated(
+    tmp_path: Path, port: int, passed: socket.socket, env: dict[str, str], names: str = ""
+) -> Server:
+    """``activator serve`` on the echo units at ``port``, with ``passed`` as its fd 3
+    (``LISTEN_FDS=1``, ``LISTEN_PID`` its own PID, ``LISTEN_FDNAMES=names`` when given)."""
+    write_units(tmp_path / "units", {name: text.format(port=port) for name, text in ECHO.items()})
+    config = write_config(tmp_path)
+    argv = " ".join(f"'{word}'" for word in activator_command("serve", "--config", str(config)))
+    fdnames = f"LISTEN_FDNAMES={names} " if names else ""
+    script = f"exec 3<&{passed.fileno()}; LISTEN_PID=$$ LISTEN_FDS=1 {fdnames}exec {argv}"
+    proc = subprocess.Popen(
+        ["/bin/bash", "-c", script],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=CHECKOUT,
+        env={**os.environ, **env},
+        pass_fds=(passed.fileno(),),
+    )
+    return Server(proc, tmp_path)
+
+
 def test_activator_serves_a_socket_passed_in_and_notifies_its_manager(
     leaves_nothing: None, tmp_path: Path
 ) -> None:
     port = free_port()
-    units = tmp_path / "units"
-    write_units(units, {name: text.format(port=port) for name, text in ECHO.items()})
-    config = tmp_path / "activator.toml"
-    config.write_text(
-        '[units]\ndirectories = ["units"]\n[metrics]\nlisten = ""\n[log]\nformat = "json"\n'
-    )
     # Bound by "systemd" and held open: activator could not bind this port itself.
     passed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     passed.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -58,21 +75,8 @@ def test_activator_serves_a_socket_passed_in_and_notifies_its_manager(
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify_path = str(tmp_path / "notify")
     notify.bind(notify_path)
-    argv = " ".join(f"'{word}'" for word in activator_command("serve", "--config", str(config)))
-    script = (
-        f"exec 3<&{passed.fileno()}; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=echo exec {argv}"
-    )
-    proc = subprocess.Popen(
-        ["/bin/bash", "-c", script],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=CHECKOUT,
-        env={**os.environ, "NOTIFY_SOCKET": notify_path},
-        pass_fds=(passed.fileno(),),
-    )
-    server = Server(proc, tmp_path)
+    server = start_activated(tmp_path, port, passed, {"NOTIFY_SOCKET": notify_path}, "echo")
+    proc = server.proc
     try:
         ready = notifications(notify, "READY=1")
         assert any(m.startswith("READY=1") for m in ready)
@@ -108,27 +112,11 @@ def test_a_passed_socket_no_unit_wants_is_closed_with_a_warning(
     leaves_nothing: None, tmp_path: Path
 ) -> None:
     port, stray = free_port(), free_port()
-    units = tmp_path / "units"
-    write_units(units, {name: text.format(port=port) for name, text in ECHO.items()})
-    config = tmp_path / "activator.toml"
-    config.write_text(
-        '[units]\ndirectories = ["units"]\n[metrics]\nlisten = ""\n[log]\nformat = "json"\n'
-    )
     passed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     passed.bind(("127.0.0.1", stray))
     passed.listen(4)
-    argv = " ".join(f"'{word}'" for word in activator_command("serve", "--config", str(config)))
-    script = f"exec 3<&{passed.fileno()}; LISTEN_PID=$$ LISTEN_FDS=1 exec {argv}"
-    proc = subprocess.Popen(
-        ["/bin/bash", "-c", script],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=CHECKOUT,
-        pass_fds=(passed.fileno(),),
-    )
-    server = Server(proc, tmp_path)
+    server = start_activated(tmp_path, port, passed, {})
+    proc = server.proc
     try:
         server.wait_for(lambda e: e.get("event") == "ready")
         warning = server.wait_for(lambda e: "matches no socket unit" in str(e.get("message")))

@@ -21,25 +21,20 @@ from __future__ import annotations
 
 import contextlib
 import select
-import signal
-import subprocess
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Final
 
 import pytest
 
-from tests.integration.conftest import CHECKOUT, activator_command, printed_uid
+from tests.integration.conftest import printed_uid
 from tests.integration.serving import (
-    START_TIMEOUT,
     Client,
     Event,
     Server,
     exchange,
     free_port,
     lease_files,
-    write_units,
 )
 
 pytestmark = pytest.mark.root
@@ -220,80 +215,45 @@ def answered_or_accept_failed(running: Server, client: Client) -> None:
             return
 
 
-def start_under_prlimit(tmp_path: Path, port: int) -> Server:
-    """``activator serve`` with RLIMIT_NOFILE at :data:`NOFILE` on one Accept=yes echo socket
-    (MaxConnections=1000, so only descriptors run out), ready; its PID is the server's own
-    (prlimit sets the limit on itself and execs)."""
-    write_units(tmp_path / "units", echo_units("c3fd", port, "MaxConnections=1000"))
-    config = tmp_path / "activator.toml"
-    config.write_text(
-        '[units]\ndirectories = ["units"]\n[metrics]\nlisten = ""\n[log]\nformat = "json"\n',
-        encoding="utf-8",
-    )
-    argv = ["prlimit", f"--nofile={NOFILE}:{NOFILE}", "--"]
-    argv += activator_command("serve", "--config", str(config))
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=CHECKOUT,
-    )
-    running = Server(proc, tmp_path)
-    try:
-        running.wait_for(lambda e: e.get("event") == "ready", START_TIMEOUT)
-    except BaseException:
-        kill(running)
-        raise
-    return running
-
-
-def kill(running: Server) -> None:
-    """SIGKILL the server (by PID) if it still runs, and reap it."""
-    if running.proc.poll() is None:
-        running.proc.send_signal(signal.SIGKILL)
-        running.proc.wait()
-    running.close()
-
-
 @pytest.mark.parametrize("one_at_a_time", [True, False], ids=["one-at-a-time", "burst"])
 def test_out_of_file_descriptors_accept_backs_off_and_the_server_recovers_by_itself(
-    leaves_nothing: None, tmp_path: Path, one_at_a_time: bool
+    leaves_nothing: None, server: StartServer, one_at_a_time: bool
 ) -> None:
     port = free_port()
-    running = start_under_prlimit(tmp_path, port)
-    try:
-        with contextlib.ExitStack() as stack:
-            clients: list[Client] = []
-            while len(clients) < MOST_CLIENTS and not any(map(accept_failed, running.events)):
-                client = stack.enter_context(Client(("127.0.0.1", port), CLIENT_DEADLINE))
-                clients.append(client)
-                if one_at_a_time:  # each connection served (or refused) before the next
-                    answered_or_accept_failed(running, client)
-            (warning,) = running.wait_for(accept_failed, timeout=10)
-            assert warning["message"].startswith("c3fd.socket: "), warning  # names the unit
-            assert running.proc.poll() is None, "the server died of it"
-            if one_at_a_time:  # a connection served before the descriptors ran out still works
-                first = clients[0]
-                printed_uid(first.line())
-                first.send(b"still here\n")
-                first.finish_sending()
-                assert first.rest() == b"still here\n"
-        # Every client is gone. Once the server has dealt with each of their connections (in
-        # the backlog too), it has recovered by itself: a new connection gets it all.
-        running.wait_for(
-            lambda e: e.get("event") in ("invocation", "reject"), DRAIN_TIMEOUT, count=len(clients)
-        )
-        with Client(("127.0.0.1", port)) as fresh:
-            fresh.send(b"fresh\n")
-            fresh.finish_sending()
-            answer = fresh.rest().decode()
-        if "UID=" not in answer:
-            why = [e for e in running.events if e.get("peer") == peer(fresh)]
-            pytest.fail(f"after the clients left, a new connection got {answer!r}: {why}")
-        assert answer == f"UID={printed_uid(answer)}\nfresh\n"
-        assert running.stop() == 0
-    finally:
-        kill(running)
+    # MaxConnections=1000: only descriptors run out. prlimit sets the limit on itself and execs,
+    # so its PID is the server's own.
+    running = server(
+        echo_units("c3fd", port, "MaxConnections=1000"),
+        wrapper=["prlimit", f"--nofile={NOFILE}:{NOFILE}", "--"],
+    )
+    with contextlib.ExitStack() as stack:
+        clients: list[Client] = []
+        while len(clients) < MOST_CLIENTS and not any(map(accept_failed, running.events)):
+            client = stack.enter_context(Client(("127.0.0.1", port), CLIENT_DEADLINE))
+            clients.append(client)
+            if one_at_a_time:  # each connection served (or refused) before the next
+                answered_or_accept_failed(running, client)
+        (warning,) = running.wait_for(accept_failed, timeout=10)
+        assert warning["message"].startswith("c3fd.socket: "), warning  # names the unit
+        assert running.proc.poll() is None, "the server died of it"
+        if one_at_a_time:  # a connection served before the descriptors ran out still works
+            first = clients[0]
+            printed_uid(first.line())
+            first.send(b"still here\n")
+            first.finish_sending()
+            assert first.rest() == b"still here\n"
+    # Every client is gone. Once the server has dealt with each of their connections (in
+    # the backlog too), it has recovered by itself: a new connection gets it all.
+    running.wait_for(
+        lambda e: e.get("event") in ("invocation", "reject"), DRAIN_TIMEOUT, count=len(clients)
+    )
+    with Client(("127.0.0.1", port)) as fresh:
+        fresh.send(b"fresh\n")
+        fresh.finish_sending()
+        answer = fresh.rest().decode()
+    if "UID=" not in answer:
+        why = [e for e in running.events if e.get("peer") == peer(fresh)]
+        pytest.fail(f"after the clients left, a new connection got {answer!r}: {why}")
+    assert answer == f"UID={printed_uid(answer)}\nfresh\n"
+    assert running.stop() == 0
     assert lease_files() == [], "leases left after the server stopped"
