@@ -13,7 +13,7 @@ import activator
 #: ``settings`` itself is not: its ``__init__`` holds load_settings, which reads a file.
 PURE_MODULES = [
     "errors", "units", "values", "model", "catalog", "settings._model",
-    "sandbox", "plan", "uidpool", "transient", "admission",
+    "sandbox", "plan", "uidpool", "transient", "admission", "manager._rules",
 ]  # fmt: skip
 
 #: What a pure module may import: data and algorithms, never files, clocks, processes or sockets.

@@ -1,42 +1,12 @@
-"""The super-server: every socket unit listening, every connection an invocation, reload, drain.
-
-Rule 1: one connection's failure is its own. Each connection runs in a task of its own that
-catches everything :func:`activator.invocation.run_invocation` can end with (it returns an
-:class:`~activator.invocation.Outcome` for every failure), and an accept loop survives every
-error of ``accept()``: EMFILE, ENFILE, ENOBUFS and ENOMEM back off and retry.
-
-Rule 2: a listening socket lives as long as its listen spec. A reload compares specs
-(:class:`activator.listener.ListenSpec`): a socket whose spec did not change is never closed, so
-no connection is refused because of a reload; its accept loop is restarted only when the socket
-unit changed. Live invocations belong to the manager, not to their socket's loop, so a reload
-or a removed socket never cuts a connection short.
-
-Rule 3: the event loop never blocks: loading units, binding sockets and resolving socket owners
-run in worker threads.
-
-Theory of operation: :meth:`Manager.serve` loads the catalog, binds every socket of every socket
-unit (using sockets passed in by socket activation of activator itself first), and runs one
-:class:`_SocketState` per socket unit in the ``loops`` nursery. For Accept=yes, one task per
-listening socket accepts while connections are queued (and waits until it is readable when none is),
-checks the rate limits for each (``PollLimit*=`` and ``TriggerLimit*=``: past the burst, accepting
-pauses until the window ends, and connections wait in the kernel's backlog), admits each connection
-(:mod:`activator.admission`) and starts its invocation in the ``invocations`` nursery. For
-Accept=no, one task waits until any socket of the unit is readable (or a start is asked for), then
-runs the service with every socket passed, restarting it as ``Restart=`` says, and waits again once
-it is gone. SIGHUP reloads (:meth:`Manager.reload`); SIGTERM and SIGINT drain: the loops stop,
-services get ``KillSignal=``, connections get ``TimeoutStopSec=`` to finish and are then killed,
-every lease is released, and Unix sockets with ``RemoveOnStop=`` are removed.
-"""
+"""The manager itself: see the package docstring."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import logging
 import math
 import os
-import signal
 import socket
 from collections.abc import Callable, Sequence
 from typing import Final
@@ -54,9 +24,12 @@ from activator.listener import ListenError, ListenSpec
 from activator.model import SECOND, ServiceUnit, SocketUnit
 from activator.plan import Descriptors, Peer
 from activator.units import UnitName, parse_unit_name
-from activator.values import RestartPolicy
 
-logger = logging.getLogger(__name__)
+from ._events import log_outcome, log_problems, log_reject, relay_output
+from ._rules import describe_peer, instance_name, peer_ip, should_restart, writes_to_log
+from ._state import Live, ManagerError, ReloadReport, ServiceRun, SocketState
+
+logger = logging.getLogger("activator.manager")
 
 #: accept() errors that mean "out of resources for now": back off and retry (trio's list).
 ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
@@ -75,138 +48,6 @@ ACCEPT_CONNECTION_ERRNOS: Final = frozenset({
 })  # fmt: skip
 #: Pool failures that are a refusal of the connection, not a failure of the service.
 _REJECT_REASONS: Final = frozenset({"exhausted", "queue_full", "wait_timeout", "spawner"})
-#: Signals that end a service cleanly in systemd's eyes (Restart=on-success and friends).
-_CLEAN_SIGNALS: Final = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE})
-
-
-# ---------------------------------------------------------------------------------------------
-# Pure decisions
-
-
-def should_restart(policy: RestartPolicy, outcome: Outcome, *, ignore_failure: bool) -> bool:
-    """Whether ``Restart=`` restarts a service after ``outcome`` (systemd's table in
-    systemd.service(5)); a stop that was asked for never restarts."""
-    if outcome.stopped or policy is RestartPolicy.NO:
-        return False
-    if policy is RestartPolicy.ALWAYS:
-        return True
-    status = outcome.status
-    signalled = status is not None and status.signal is not None
-    unclean_signal = signalled and status is not None and status.signal not in _CLEAN_SIGNALS
-    if status is None:  # never ran: a failure, as a failed exec is for systemd
-        clean = False
-    elif signalled:
-        clean = not unclean_signal
-    else:
-        clean = status.code == 0 or ignore_failure
-    if policy is RestartPolicy.ON_SUCCESS:
-        return clean
-    if policy is RestartPolicy.ON_FAILURE:
-        return not clean
-    if policy is RestartPolicy.ON_ABNORMAL:
-        return unclean_signal  # RuntimeMaxSec= ends in a signal too
-    if policy is RestartPolicy.ON_ABORT:
-        return unclean_signal
-    return False  # on-watchdog: activator has no watchdog
-
-
-def instance_name(number: int, peer: Peer) -> str:
-    """The instance of an Accept=yes connection's service, as systemd names it:
-    ``N-LOCAL-REMOTE`` for IP (``3-127.0.0.1:7007-127.0.0.1:41234``), ``N-PID-UID`` for Unix."""
-    if peer.proto == "UNIX":
-        pid = "unknown" if peer.pid is None else str(peer.pid)
-        uid = "unknown" if peer.uid is None else str(peer.uid)
-        return f"{number}-{pid}-{uid}"
-
-    def end(address: str | None, port: int | None) -> str:
-        host = (address or "unknown").partition("%")[0]  # no scope: '%' is not a unit name char
-        return f"{host}:{port if port is not None else 0}"
-
-    local = end(peer.local_addr, peer.local_port)
-    return f"{number}-{local}-{end(peer.remote_addr, peer.remote_port)}"
-
-
-def describe_peer(peer: Peer | None) -> str | None:
-    """A peer as logs show it: ``127.0.0.1:41234``, ``[::1]:41234``, ``unix:uid=0,pid=12``."""
-    if peer is None:
-        return None
-    if peer.proto == "UNIX":
-        return f"unix:uid={_or_unknown(peer.uid)},pid={_or_unknown(peer.pid)}"
-    host = peer.remote_addr or "unknown"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{host}:{_or_unknown(peer.remote_port)}"
-
-
-def _or_unknown(value: int | None) -> str:
-    return "unknown" if value is None else str(value)
-
-
-def _ip(peer: Peer) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    if peer.proto == "UNIX" or peer.remote_addr is None:
-        return None
-    try:
-        return ipaddress.ip_address(peer.remote_addr.partition("%")[0])
-    except ValueError:
-        return None
-
-
-# ---------------------------------------------------------------------------------------------
-# State
-
-
-@attrs.define(eq=False)
-class _Live:
-    """One running invocation, for a drain, ``stop`` and status."""
-
-    service: ServiceUnit
-    stop: StopRequest
-    per_connection: bool
-    finished: trio.Event = attrs.field(factory=trio.Event)
-
-
-@attrs.define(eq=False)
-class _SocketState:
-    """One socket unit at work: its sockets, limits and loop."""
-
-    unit: SocketUnit
-    catalog: Catalog
-    listening: list[tuple[ListenSpec, socket.socket]]
-    admission: Admission
-    poll_limit: RateLimit
-    trigger_limit: RateLimit
-    scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
-    done: trio.Event = attrs.field(factory=trio.Event)
-    kick: trio.Event = attrs.field(factory=trio.Event)
-    accepted: int = 0
-    service: _Live | None = None  # Accept=no: the running service
-
-    @property
-    def name(self) -> str:
-        return self.unit.name.name
-
-
-@attrs.define(eq=False)
-class _ServiceRun:
-    """A plain service started by :meth:`Manager.start`."""
-
-    stop: StopRequest
-    done: trio.Event = attrs.field(factory=trio.Event)
-
-
-@attrs.frozen
-class ReloadReport:
-    """What a reload did, by socket unit name."""
-
-    added: tuple[str, ...] = ()
-    removed: tuple[str, ...] = ()
-    changed: tuple[str, ...] = ()
-    kept: tuple[str, ...] = ()
-    failed: tuple[str, ...] = ()
-
-
-class ManagerError(Exception):
-    """A request the manager cannot carry out (an unknown unit, a service already running)."""
 
 
 class Manager:
@@ -234,9 +75,9 @@ class Manager:
         self._load = load
         self._inherited = list(inherited)
         self.catalog: Catalog | None = None
-        self.sockets: dict[str, _SocketState] = {}
-        self.services: dict[str, _ServiceRun] = {}
-        self.live: dict[str, _Live] = {}
+        self.sockets: dict[str, SocketState] = {}
+        self.services: dict[str, ServiceRun] = {}
+        self.live: dict[str, Live] = {}
         self._loops: trio.Nursery | None = None
         self._invocations: trio.Nursery | None = None
         self._idle = trio.Event()
@@ -413,7 +254,7 @@ class Manager:
                 changed.append(name)
         # Stop what goes or changes; keep its sockets for reuse by spec.
         spare: dict[ListenSpec, list[socket.socket]] = {}
-        stopped: dict[str, _SocketState] = {}
+        stopped: dict[str, SocketState] = {}
         for name in (*removed, *changed):
             state = stopped[name] = self.sockets.pop(name)
             await self._stop_state(state)
@@ -484,7 +325,7 @@ class Manager:
         unit: SocketUnit,
         catalog: Catalog,
         listening: list[tuple[ListenSpec, socket.socket]],
-        old: _SocketState | None,
+        old: SocketState | None,
     ) -> None:
         """Run a socket unit on ``listening``; what the old version counted carries over (its
         live connections, and its rate limit windows when the limits are the same)."""
@@ -501,7 +342,7 @@ class Manager:
                 trigger.burst,
             ):
                 trigger = old.trigger_limit
-        state = _SocketState(
+        state = SocketState(
             unit=unit,
             catalog=catalog,
             listening=listening,
@@ -549,7 +390,7 @@ class Manager:
             raise
         return [(spec, sock) for spec, sock, _ in out]
 
-    async def _stop_state(self, state: _SocketState) -> None:
+    async def _stop_state(self, state: SocketState) -> None:
         """Stop a socket unit's loop (its sockets stay open); an Accept=no service it runs is
         stopped first, as systemd stops a service whose socket goes."""
         if state.service is not None:
@@ -577,7 +418,7 @@ class Manager:
     # --- the loops ------------------------------------------------------------------------------
 
     async def _run_socket(
-        self, state: _SocketState, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self, state: SocketState, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         try:
             with state.scope:
@@ -591,7 +432,7 @@ class Manager:
         finally:
             state.done.set()
 
-    async def _pause_for_limits(self, state: _SocketState, limit: RateLimit, what: str) -> None:
+    async def _pause_for_limits(self, state: SocketState, limit: RateLimit, what: str) -> None:
         while True:
             pause = limit.check(trio.current_time())
             if pause <= 0:
@@ -603,9 +444,7 @@ class Manager:
             )  # fmt: skip
             await trio.sleep(pause)
 
-    async def _accept_loop(
-        self, state: _SocketState, spec: ListenSpec, sock: socket.socket
-    ) -> None:
+    async def _accept_loop(self, state: SocketState, spec: ListenSpec, sock: socket.socket) -> None:
         backoff = 0.0
         while True:
             try:
@@ -639,18 +478,18 @@ class Manager:
                 self._admit(state, spec, conn)  # also when a reload cancels the pause: never lost
             await trio.lowlevel.checkpoint()
 
-    def _admit(self, state: _SocketState, spec: ListenSpec, conn: socket.socket) -> None:
+    def _admit(self, state: SocketState, spec: ListenSpec, conn: socket.socket) -> None:
         try:
             peer = listener.peer_of(conn)
             source = listener.source_of(peer)
-            reject = state.admission.admit(source, _ip(peer))
+            reject = state.admission.admit(source, peer_ip(peer))
         except Exception:  # never let one connection stop the loop
             logger.exception("%s: admitting a connection", state.name)
             _close(conn)
             return
         if reject is not None:
             _close(conn)
-            self._log_reject(state.name, peer, reject.value)
+            log_reject(state.name, peer, reject.value)
             return
         with contextlib.suppress(OSError):  # the peer is already gone; the handler will see it
             listener.configure_connection(conn, spec)
@@ -658,26 +497,19 @@ class Manager:
         assert self._invocations is not None
         self._invocations.start_soon(self._connection, state, conn, peer, source, state.accepted)
 
-    def _log_reject(self, unit: str, peer: Peer | None, reason: str) -> None:
-        logs.event(
-            logger, logging.INFO, "reject",
-            f"{unit}: rejected {describe_peer(peer)}: {reason}",
-            unit=unit, peer=describe_peer(peer), reason=reason,
-        )  # fmt: skip
-
     async def _connection(
-        self, state: _SocketState, conn: socket.socket, peer: Peer, source: Source, number: int
+        self, state: SocketState, conn: socket.socket, peer: Peer, source: Source, number: int
     ) -> None:
         try:
             if self.draining:  # accepted just before the drain: no handler starts any more
-                self._log_reject(state.name, peer, "stopping")
+                log_reject(state.name, peer, "stopping")
                 return
             name = state.unit.activates.with_instance(instance_name(number, peer))
             try:
                 service = _service_of(state.catalog, name)
             except (ConfigError, ManagerError) as error:
                 logger.error("%s", error)
-                self._log_reject(state.name, peer, "unit_error")
+                log_reject(state.name, peer, "unit_error")
                 return
             outcome = await self._invoke(
                 service,
@@ -689,7 +521,7 @@ class Manager:
                 on_spawned=conn.close,  # the handler has it: our copy goes at once
             )
             if outcome.reason in _REJECT_REASONS:
-                self._log_reject(state.name, peer, outcome.reason or "")
+                log_reject(state.name, peer, outcome.reason or "")
         except Exception:  # a bug must cost one connection, never the server (Rule 1)
             logger.exception("%s: connection from %s", state.name, describe_peer(peer))
         finally:
@@ -711,18 +543,18 @@ class Manager:
         on_spawned: Callable[[], None] | None = None,
         stop: StopRequest | None = None,
     ) -> Outcome:
-        live = _Live(service, stop or StopRequest(), per_connection)
+        live = Live(service, stop or StopRequest(), per_connection)
         if self.draining:
             live.stop.request(kill=per_connection)
         invocation = new_invocation_id()
         self.live[invocation] = live
         self._idle = trio.Event() if len(self.live) == 1 else self._idle
         log_write = -1
-        if _writes_to_log(service):
+        if writes_to_log(service):
             # The handler's journal output: a pipe whose lines we log as `output` events.
             log_read, log_write = os.pipe2(os.O_CLOEXEC)
             assert self._invocations is not None
-            self._invocations.start_soon(_relay_output, log_read, service.name.name, invocation)
+            self._invocations.start_soon(relay_output, log_read, service.name.name, invocation)
             descriptors = attrs.evolve(descriptors, log=len(fds))
             fds = (*fds, log_write)
 
@@ -753,10 +585,10 @@ class Manager:
             if not self.live:
                 self._idle.set()
         if outcome.reason not in _REJECT_REASONS:
-            _log_outcome(outcome, socket_unit, peer)
+            log_outcome(outcome, socket_unit, peer)
         return outcome
 
-    async def _activation_loop(self, state: _SocketState) -> None:
+    async def _activation_loop(self, state: SocketState) -> None:
         """Accept=no: start the service on traffic (or a start request), run it to its end
         with its restarts, then wait again. Cancelled (a reload, a drain), it asks the service to
         stop and returns once it is gone."""
@@ -775,7 +607,7 @@ class Manager:
                 continue
             failures = 0
             live_stop = StopRequest()
-            state.service = _Live(service, live_stop, per_connection=False)
+            state.service = Live(service, live_stop, per_connection=False)
             finished = trio.Event()
 
             async def run(
@@ -808,7 +640,7 @@ class Manager:
                 state.service = None
                 state.kick = trio.Event()
 
-    async def _wait_traffic(self, state: _SocketState) -> None:
+    async def _wait_traffic(self, state: SocketState) -> None:
         async with trio.open_nursery() as nursery:
 
             async def readable(sock: socket.socket) -> None:
@@ -900,7 +732,7 @@ class Manager:
         except ConfigError as error:
             msg = f"{name}: {error}"
             raise ManagerError(msg) from error
-        run = _ServiceRun(StopRequest())
+        run = ServiceRun(StopRequest())
         self.services[name] = run
 
         async def runner() -> None:
@@ -936,55 +768,8 @@ class Manager:
 # ---------------------------------------------------------------------------------------------
 # Helpers
 
-#: Where ``StandardOutput=``/``StandardError=`` send output to activator's log.
-_LOG_KINDS: Final = frozenset({"journal", "kmsg", "journal+console", "kmsg+console"})
-#: A longer line of handler output is cut (the journal's LineMax= is 48K; ours is one log line).
-OUTPUT_LINE_MAX: Final = 4096
 
-
-def _writes_to_log(service: ServiceUnit) -> bool:
-    stdout = service.standard_output.kind
-    stderr = service.standard_error.kind
-    if stderr == "inherit":
-        stderr = stdout
-    return stdout in _LOG_KINDS or stderr in _LOG_KINDS
-
-
-async def _relay_output(fd: int, unit: str, invocation: str) -> None:
-    """Log each line a handler writes to its journal stream, as systemd's journal would keep it:
-    an ``output`` event naming the unit and invocation. Ends at EOF (every process of the
-    handler closed the pipe)."""
-    stream = trio.lowlevel.FdStream(fd)
-    pending = b""
-    async with stream:
-        while True:
-            try:
-                chunk = await stream.receive_some(65536)
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                chunk = b""
-            if not chunk:
-                break
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            while len(pending) >= OUTPUT_LINE_MAX:  # a long line is logged in pieces
-                lines.append(pending[:OUTPUT_LINE_MAX])
-                pending = pending[OUTPUT_LINE_MAX:]
-            for line in lines:
-                for start in range(0, max(len(line), 1), OUTPUT_LINE_MAX):
-                    _log_output(unit, invocation, line[start : start + OUTPUT_LINE_MAX])
-    if pending:
-        _log_output(unit, invocation, pending)
-
-
-def _log_output(unit: str, invocation: str, line: bytes) -> None:
-    text = line.decode("utf-8", "backslashreplace").rstrip("\r")
-    logs.event(
-        logger, logging.INFO, "output", f"{unit}[{invocation[:8]}]: {text}",
-        unit=unit, invocation=invocation, text=text,
-    )  # fmt: skip
-
-
-async def _kill_after(live: _Live) -> None:
+async def _kill_after(live: Live) -> None:
     timeout = live.service.timeout_stop_sec
     await trio.sleep(math.inf if timeout is None else timeout / SECOND)
     live.stop.request(kill=True)
@@ -1026,42 +811,3 @@ def _path(spec: ListenSpec) -> str | None:
 def _close(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.close()
-
-
-def log_problems(catalog: Catalog, previous: Catalog | None = None) -> None:
-    """Log each problem of ``catalog`` (an error or warning of a unit) not in ``previous``, as
-    a ``problem`` event."""
-    seen = set() if previous is None else set(previous.problems)
-    for problem in catalog.problems:
-        if problem in seen:
-            continue
-        logs.event(
-            logger, logging.ERROR if problem.is_error else logging.WARNING, "problem",
-            str(problem), path=problem.path, line=problem.line, text=str(problem),
-        )  # fmt: skip
-
-
-def _log_outcome(outcome: Outcome, socket_unit: str | None, peer: Peer | None) -> None:
-    status = outcome.status
-    signal_name = None
-    if status is not None and status.signal is not None:
-        try:
-            signal_name = signal.Signals(status.signal).name
-        except ValueError:
-            signal_name = str(status.signal)
-    who = "" if outcome.uid is None else f" as {outcome.user} ({outcome.uid})"
-    where = "" if peer is None else f" for {describe_peer(peer)}"
-    if outcome.failure is not None:
-        text = f"failed at {outcome.stage}: {outcome.failure}"
-    else:
-        text = str(status)
-    logs.event(
-        logger, logging.WARNING if outcome.failure is not None else logging.INFO, "invocation",
-        f"{outcome.unit} {outcome.invocation}{where}{who}: {text} after {outcome.seconds:.3f} s",
-        unit=outcome.unit, socket=socket_unit, invocation=outcome.invocation,
-        peer=describe_peer(peer), uid=outcome.uid, user=outcome.user,
-        seconds=round(outcome.seconds, 6),
-        exit_code=None if status is None else status.code, signal=signal_name,
-        failure=outcome.failure, stage=outcome.stage,
-        timings={step: round(seconds, 6) for step, seconds in outcome.timings},
-    )  # fmt: skip
