@@ -148,24 +148,28 @@ class StopRequest:
     requested: bool = False
     kill: bool = False
     _scopes: set[trio.CancelScope] = attrs.field(factory=set)
+    _kill_scopes: set[trio.CancelScope] = attrs.field(factory=set)
 
     def request(self, *, kill: bool = False) -> None:
-        """Ask the invocation to stop (idempotent; ``kill`` only makes it harsher)."""
+        """Ask the invocation to stop (idempotent; ``kill`` only makes it harsher: a stop
+        under way waits no longer for ``TimeoutStopSec=``)."""
         self.requested = True
         self.kill = self.kill or kill
-        for scope in self._scopes:
+        for scope in self._scopes | (self._kill_scopes if self.kill else set()):
             scope.cancel()
 
     @contextlib.contextmanager
-    def cancels(self, scope: trio.CancelScope) -> Iterator[None]:
-        """Within the block, a request cancels ``scope`` (at once if one was made already)."""
-        if self.requested:
+    def cancels(self, scope: trio.CancelScope, *, kill_only: bool = False) -> Iterator[None]:
+        """Within the block, a request (with ``kill_only``, a kill request) cancels ``scope``,
+        at once if one was made already."""
+        if self.kill or (self.requested and not kill_only):
             scope.cancel()
-        self._scopes.add(scope)
+        scopes = self._kill_scopes if kill_only else self._scopes
+        scopes.add(scope)
         try:
             yield
         finally:
-            self._scopes.discard(scope)
+            scopes.discard(scope)
 
 
 async def run_invocation(
@@ -262,6 +266,10 @@ async def run_invocation(
                     )
                 except (PlanError, ValueError) as error:
                     raise _Failed(stage="plan", message=str(error)) from error
+                if stop_request is not None and stop_request.requested:
+                    # Asked to stop while it waited for a UID or its directories: no handler.
+                    why = "stopped before its handler started"
+                    raise _Failed(stage="stopped", message=why, reason="stopping")
                 spawn_started = time.perf_counter()
                 try:
                     handler = await runtime.spawner.spawn(plan, fds)
@@ -282,8 +290,8 @@ async def run_invocation(
             try:
                 status = await _wait(handler, service, stop_request)
                 clock.lap("run")
-            except SpawnerDied as error:
-                raise _Failed(stage="spawner", message=str(error)) from error
+            except SpawnerDied as error:  # it ran: not a refusal of the connection
+                raise _Failed(stage="spawner", message=str(error), reason="spawner_died") from error
             vacated_how = "pid namespace"
         except _Failed as error:
             failure = error
@@ -389,30 +397,31 @@ async def _wait(
             return await handler.wait()
         with stop_request.cancels(scope):
             return await handler.wait()
-    if stop_request is not None and stop_request.requested:
-        if stop_request.kill:
-            await handler.kill(signal.SIGKILL)
-            return await handler.wait()
-        return await stop(handler, service)
-    logger.info("%s: RuntimeMaxSec= reached, stopping", handler.invocation)
-    return await stop(handler, service)
+    if stop_request is None or not stop_request.requested:
+        logger.info("%s: RuntimeMaxSec= reached, stopping", handler.invocation)
+    return await stop(handler, service, stop_request)
 
 
-async def stop(handler: Handler, service: ServiceUnit) -> ExitStatus:
+async def stop(
+    handler: Handler, service: ServiceUnit, stop_request: StopRequest | None = None
+) -> ExitStatus:
     """Stop a running handler as systemd does: ``KillSignal=``, then SIGKILL after
-    ``TimeoutStopSec=``.
+    ``TimeoutStopSec=``, or at once when ``stop_request`` asks for a kill (before or during
+    the wait).
 
     The handler is PID 1 of its PID namespace, and the kernel drops a signal to it that it has
     no handler for: when ``/proc/PID/status`` shows it does not catch ``KillSignal=``, waiting
     could only end in SIGKILL, so SIGKILL is sent at once.
     """
-    if _catches(handler.pid, service.kill_signal):
+    killing = stop_request is not None and stop_request.kill
+    if not killing and _catches(handler.pid, service.kill_signal):
         await handler.kill(service.kill_signal)
-    else:
-        await handler.kill(signal.SIGKILL)
-    grace = math.inf if service.timeout_stop_sec is None else service.timeout_stop_sec / SECOND
-    with trio.move_on_after(grace):
-        return await handler.wait()
+        grace = math.inf if service.timeout_stop_sec is None else service.timeout_stop_sec / SECOND
+        with trio.move_on_after(grace) as scope:
+            if stop_request is None:
+                return await handler.wait()
+            with stop_request.cancels(scope, kill_only=True):
+                return await handler.wait()
     await handler.kill(signal.SIGKILL)
     return await handler.wait()
 

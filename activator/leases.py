@@ -354,9 +354,12 @@ class LeaseService:
                 free -= 1
 
     def close(self) -> None:
-        """Drop every lock (at exit, after every invocation is torn down)."""
-        for lock in self._locks.values():
-            uidstore.release(lock)
+        """Let go of every lock at exit. Every invocation is over by then, so a lease still
+        held is one whose teardown failed: its lock file stays (with its record), and the next
+        start reclaims the UID as it would after a crash."""
+        for uid, lock in self._locks.items():
+            logger.warning("UID %d: its teardown failed; left for the next start to reclaim", uid)
+            uidstore.abandon(lock)
         self._locks.clear()
 
     # --- the userdb table -------------------------------------------------------------------

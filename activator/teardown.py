@@ -388,7 +388,12 @@ class Cgroups:
             _mkdir(unit_path)
             if root == self.unified and self.unified_controllers:
                 wanted = " ".join(f"+{c}" for c in sorted(self.unified_controllers))
-                _write(f"{unit_path}/cgroup.subtree_control", wanted)
+                try:
+                    _write(f"{unit_path}/cgroup.subtree_control", wanted)
+                except TeardownError as error:
+                    if isinstance(error.__cause__, FileNotFoundError):
+                        continue  # removed meanwhile by another invocation's teardown: again
+                    raise
             try:
                 os.mkdir(path, 0o755)
             except FileNotFoundError:

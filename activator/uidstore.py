@@ -206,6 +206,19 @@ def _unlink_and_close(path: str, fd: int) -> None:
         os.close(fd)
 
 
+def abandon(lock: LeaseLock) -> None:
+    """Let go of a lease without giving it up: close the descriptors and keep the files, so
+    the lease is stale for the next start, which reclaims it (kills its cgroup, removes what
+    it left under /run, clears its keys). For a UID kept because its teardown failed. Idempotent.
+    """
+    if lock.systemd_fd is not None:
+        systemd_fd, lock.systemd_fd = lock.systemd_fd, None
+        os.close(systemd_fd)
+    if lock.fd >= 0:
+        fd, lock.fd = lock.fd, -1
+        os.close(fd)
+
+
 def acquire(
     uid: int,
     record: Mapping[str, object],

@@ -46,8 +46,11 @@ ACCEPT_CONNECTION_ERRNOS: Final = frozenset({
     errno.EHOSTDOWN, errno.ENONET, errno.EHOSTUNREACH, errno.EOPNOTSUPP, errno.ENETUNREACH,
     errno.EINTR,
 })  # fmt: skip
-#: Pool failures that are a refusal of the connection, not a failure of the service.
-_REJECT_REASONS: Final = frozenset({"exhausted", "queue_full", "wait_timeout", "spawner"})
+#: Failures that are a refusal of the connection (no UID, no spawner, stopping), not a failure
+#: of the service.
+_REJECT_REASONS: Final = frozenset(
+    {"exhausted", "queue_full", "wait_timeout", "spawner", "stopping"}
+)
 
 
 class Manager:
@@ -86,6 +89,7 @@ class Manager:
         self._service_stops: set[StopRequest] = set()
         self._stop_requested = trio.Event()
         self._reload_queued = False
+        self._reload_early = False
         self.strict = strict
         #: Why :meth:`serve` returned without serving (``strict`` and a socket failed), or None.
         self.fatal: str | None = None
@@ -124,6 +128,8 @@ class Manager:
                     listener.notify(f"READY=1\nSTATUS=listening on {count} sockets")
                     self.serving = True
                     task_status.started(report)
+                    if self._reload_early:  # asked for while starting: the units may have changed
+                        self.request_reload()
                     await self._stop_requested.wait()
                     await self.drain()
                     loops.cancel_scope.cancel()
@@ -133,8 +139,11 @@ class Manager:
 
     def request_reload(self) -> None:
         """Reload soon, as SIGHUP does: requests made while one waits to run are one reload."""
-        if self._loops is None or not self.serving:
-            logger.warning("reload asked for before serving began: ignored")
+        if self.draining:
+            logger.info("reload asked for while stopping: ignored")
+            return
+        if self._loops is None or not self.serving:  # once serving begins
+            self._reload_early = True
             return
         if self._reload_queued:
             return
@@ -171,22 +180,28 @@ class Manager:
             invocations=len(self.live),
         )  # fmt: skip
         listener.notify("STOPPING=1")
-        async with self._reloading:  # a reload under way finishes first
-            for state in self.sockets.values():
-                state.scope.cancel()
-            for state in self.sockets.values():
-                await state.done.wait()
-            # New clients get a refusal now, not a hang until the last invocation ends.
-            self._close_all()
         async with trio.open_nursery() as timers:
-            for stop in self._service_stops:
+            # Every stop first (a reload waiting for a service to stop is not waited for).
+            for stop in list(self._service_stops):
                 stop.request()
             for live in list(self.live.values()):
                 if live.per_connection:
                     timers.start_soon(_kill_after, live)
                 else:
                     live.stop.request()
+            async with self._reloading:  # then a reload under way finishes
+                states = list(self.sockets.values())
+                for state in states:
+                    state.scope.cancel()
+                for state in states:
+                    if state.service is None:  # its loop waits on its sockets: it ends at once
+                        await state.done.wait()
+                # New clients get a refusal now, not a hang until the last invocation ends (an
+                # Accept=no service still running has copies of its own).
+                self._close_all()
             await self._idle.wait()
+            for state in states:
+                await state.done.wait()
             timers.cancel_scope.cancel()
 
     async def reload(self) -> ReloadReport:
@@ -209,7 +224,8 @@ class Manager:
             except Exception as error:  # the units directories could not be read
                 logger.error("reload failed, keeping every unit as it was: %s", error)
                 return ReloadReport()
-            report = await self._apply(catalog)
+            with trio.CancelScope(shield=True):  # half a reload would leak sockets or units
+                report = await self._apply(catalog)
             logs.event(
                 logger, logging.INFO, "reload",
                 "reloaded: " + ", ".join(
@@ -219,7 +235,8 @@ class Manager:
             )  # fmt: skip
             return report
         finally:
-            listener.notify("READY=1")
+            if not self.draining:
+                listener.notify("READY=1")
 
     # --- applying a catalog -------------------------------------------------------------------
 
@@ -255,9 +272,11 @@ class Manager:
         # Stop what goes or changes; keep its sockets for reuse by spec.
         spare: dict[ListenSpec, list[socket.socket]] = {}
         stopped: dict[str, SocketState] = {}
-        for name in (*removed, *changed):
-            state = stopped[name] = self.sockets.pop(name)
-            await self._stop_state(state)
+        async with trio.open_nursery() as stopping:  # all at once: Accept=no services take time
+            for name in (*removed, *changed):
+                stopped[name] = self.sockets.pop(name)
+                stopping.start_soon(self._stop_state, stopped[name])
+        for state in stopped.values():
             for spec, sock in state.listening:
                 spare.setdefault(spec, []).append(sock)
         new_paths: set[str] = set()
@@ -280,7 +299,7 @@ class Manager:
             try:
                 listening = await self._acquire(wanted[name], spare)
             except Exception as error:
-                if strict:
+                if strict and isinstance(error, ListenError):
                     raise
                 if isinstance(error, ListenError):
                     logger.error("%s", error)
@@ -423,12 +442,19 @@ class Manager:
         try:
             with state.scope:
                 task_status.started()
-                if state.unit.accept:
-                    async with trio.open_nursery() as nursery:
-                        for spec, sock in state.listening:
-                            nursery.start_soon(self._accept_loop, state, spec, sock)
-                else:
-                    await self._activation_loop(state)
+                pause = 0.1
+                while True:
+                    try:
+                        if state.unit.accept:
+                            async with trio.open_nursery() as nursery:
+                                for spec, sock in state.listening:
+                                    nursery.start_soon(self._accept_loop, state, spec, sock)
+                        else:
+                            await self._activation_loop(state)
+                    except Exception:  # a bug must cost a pause of this socket, not the server
+                        logger.exception("%s: its loop failed; again in %.1f s", state.name, pause)
+                        await trio.sleep(pause)
+                        pause = min(pause * 2, 30.0)
         finally:
             state.done.set()
 
@@ -543,20 +569,32 @@ class Manager:
         on_spawned: Callable[[], None] | None = None,
         stop: StopRequest | None = None,
     ) -> Outcome:
-        live = Live(service, stop or StopRequest(), per_connection)
-        if self.draining:
-            live.stop.request(kill=per_connection)
         invocation = new_invocation_id()
-        self.live[invocation] = live
-        self._idle = trio.Event() if len(self.live) == 1 else self._idle
         log_write = -1
         if writes_to_log(service):
             # The handler's journal output: a pipe whose lines we log as `output` events.
-            log_read, log_write = os.pipe2(os.O_CLOEXEC)
+            try:
+                log_read, log_write = os.pipe2(os.O_CLOEXEC)
+            except OSError as error:  # out of descriptors: this invocation fails, alone
+                outcome = Outcome(
+                    invocation,
+                    service.name.name,
+                    None,
+                    failure=f"a pipe for its output: {os.strerror(error.errno or 0)}",
+                    stage="output",
+                    reason="output",
+                )
+                log_outcome(outcome, socket_unit, peer)
+                return outcome
             assert self._invocations is not None
             self._invocations.start_soon(relay_output, log_read, service.name.name, invocation)
             descriptors = attrs.evolve(descriptors, log=len(fds))
             fds = (*fds, log_write)
+        live = Live(service, stop or StopRequest(), per_connection)
+        if self.draining:
+            live.stop.request(kill=per_connection)
+        self.live[invocation] = live
+        self._idle = trio.Event() if len(self.live) == 1 else self._idle
 
         def spawned() -> None:
             nonlocal log_write
@@ -594,6 +632,7 @@ class Manager:
         stop and returns once it is gone."""
         failures = 0
         while True:
+            await trio.lowlevel.checkpoint()  # cancelled (a drain closed the sockets): done
             await self._wait_traffic(state)
             await self._pause_for_limits(state, state.poll_limit, "PollLimit")
             await self._pause_for_limits(state, state.trigger_limit, "TriggerLimit")
@@ -754,7 +793,7 @@ class Manager:
         except ValueError as error:
             msg = f"{name}: {error}"
             raise ManagerError(msg) from error
-        for state in self.sockets.values():
+        for state in list(self.sockets.values()):
             live = state.service
             if live is not None and live.service.name.name == name:
                 live.stop.request()

@@ -421,3 +421,25 @@ RestartSec=infinity
     assert len(w.outcomes) == 1
     await w.manager.stop("never.service")
     assert "never.service" not in w.manager.services
+
+
+async def test_a_second_stop_request_kills_a_service_that_catches_kill_signal(world: Start) -> None:
+    unit = """\
+[Service]
+ExecStart=/bin/sh -c 'trap "echo ignoring TERM" TERM; while :; do sleep 0.1; done'
+DynamicUser=yes
+TimeoutStopSec=infinity
+"""
+    w = await world({"stubborn.service": unit})
+    await w.manager.start("stubborn.service")
+    await w.wait_until(lambda: len(pool_processes()) >= 1)
+    await trio.sleep(0.2)  # its trap is set
+    w.manager.request_stop()  # KillSignal=: caught; TimeoutStopSec=infinity: it would run on
+    await trio.sleep(0.5)
+    assert w.outcomes == []
+    assert pool_processes() != []
+    w.manager.request_stop()  # the second: SIGKILL now
+    (outcome,) = await w.wait_outcomes(1)
+    assert outcome.status is not None
+    assert outcome.status.signal == 9
+    assert outcome.stopped

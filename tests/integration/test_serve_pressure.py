@@ -63,15 +63,16 @@ EMFILE_TEXT: Final = "Too many open files"
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def echo_units(name: str, port: int, *socket_lines: str) -> dict[str, str]:
+def echo_units(name: str, port: int, *socket_lines: str, stderr: str = "inherit") -> dict[str, str]:
     """``NAME.socket`` (Accept=yes on 127.0.0.1:``port``) and ``NAME@.service``, the
-    :data:`ECHO` handler as a dynamic user with the connection on its stdin and stdout."""
+    :data:`ECHO` handler as a dynamic user with the connection on its stdin and stdout (and
+    its stderr ``StandardError=stderr``: ``journal`` gives each invocation a pipe to the log)."""
     extra = "".join(f"{line}\n" for line in socket_lines)
     return {
         f"{name}.socket": f"[Socket]\nListenStream=127.0.0.1:{port}\nAccept=yes\n{extra}",
         f"{name}@.service": (
             f"[Service]\nExecStart={ECHO}\nDynamicUser=yes\n"
-            "StandardInput=socket\nStandardOutput=socket\n"
+            f"StandardInput=socket\nStandardOutput=socket\nStandardError={stderr}\n"
         ),
     }
 
@@ -215,15 +216,19 @@ def answered_or_accept_failed(running: Server, client: Client) -> None:
             return
 
 
-@pytest.mark.parametrize("one_at_a_time", [True, False], ids=["one-at-a-time", "burst"])
+@pytest.mark.parametrize(
+    ("one_at_a_time", "stderr"),
+    [(True, "inherit"), (False, "inherit"), (False, "journal")],
+    ids=["one-at-a-time", "burst", "burst-with-output-pipes"],
+)
 def test_out_of_file_descriptors_accept_backs_off_and_the_server_recovers_by_itself(
-    leaves_nothing: None, server: StartServer, one_at_a_time: bool
+    leaves_nothing: None, server: StartServer, one_at_a_time: bool, stderr: str
 ) -> None:
     port = free_port()
     # MaxConnections=1000: only descriptors run out. prlimit sets the limit on itself and execs,
     # so its PID is the server's own.
     running = server(
-        echo_units("c3fd", port, "MaxConnections=1000"),
+        echo_units("c3fd", port, "MaxConnections=1000", stderr=stderr),
         wrapper=["prlimit", f"--nofile={NOFILE}:{NOFILE}", "--"],
     )
     with contextlib.ExitStack() as stack:
