@@ -72,7 +72,7 @@ async def _main(
                 # Per-connection units leave empty cgroup directories of their own behind.
                 await trio.to_thread.run_sync(runtime.cgroups.remove_empty)
                 nursery.cancel_scope.cancel()
-            runtime.leases.close()
+            runtime.leases.abandon()  # only leases whose teardown failed are left
             return manager.fatal
         finally:
             with trio.CancelScope(shield=True):

@@ -354,9 +354,15 @@ class LeaseService:
                 free -= 1
 
     def close(self) -> None:
-        """Let go of every lock at exit. Every invocation is over by then, so a lease still
-        held is one whose teardown failed: its lock file stays (with its record), and the next
-        start reclaims the UID as it would after a crash."""
+        """Drop every lock, removing the lock files (for leases known to be vacated)."""
+        for lock in self._locks.values():
+            uidstore.release(lock)
+        self._locks.clear()
+
+    def abandon(self) -> None:
+        """Let go of every lock at exit, keeping the files. Every invocation is over by then,
+        so a lease still held is one whose teardown failed: its lock file stays (with its
+        record), and the next start reclaims the UID as it would after a crash."""
         for uid, lock in self._locks.items():
             logger.warning("UID %d: its teardown failed; left for the next start to reclaim", uid)
             uidstore.abandon(lock)

@@ -72,7 +72,7 @@ async def _main(
             runtime = await open_runtime(nursery, settings, spawner, userdb=service.dynamic_user)
             outcome = await _invoke(runtime, service, mode)
             nursery.cancel_scope.cancel()
-        runtime.leases.close()
+        runtime.leases.abandon()  # only leases whose teardown failed are left
         return outcome
     finally:
         with trio.CancelScope(shield=True):

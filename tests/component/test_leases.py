@@ -660,3 +660,26 @@ async def test_the_user_table_holds_live_leases_only(tmp_path: Path) -> None:
         assert leases.user_by_name("web") is None
         assert leases.user_by_uid(web.uid) is None
         assert list(leases.users()) == [conn_record]
+
+
+async def test_abandoned_leases_are_reclaimed_by_the_next_start_as_after_a_crash(
+    tmp_path: Path,
+) -> None:
+    first = make(tmp_path, SMALL)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(first.run)
+        kept = await first.acquire("kept.service", "k1")
+        first.record_cgroup(kept, "kept.service/k1")
+        nursery.cancel_scope.cancel()
+    first.abandon()  # at exit: its teardown failed, so it was never released
+    assert lock_files(tmp_path) == {kept.uid}  # the file and its record stay
+
+    records: list[dict[str, object] | None] = []
+    second = make(tmp_path, SMALL, reclaim=records.append)
+    found = await trio.to_thread.run_sync(second.recover, trio.current_time())
+    assert [lease.uid for lease in found if lease is not None] == [kept.uid]
+    assert [(r["uid"], r["cgroup"]) for r in records if r is not None] == [
+        (kept.uid, "kept.service/k1")
+    ]
+    assert lock_files(tmp_path) == set()
+    second.close()
