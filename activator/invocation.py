@@ -147,6 +147,8 @@ class StopRequest:
 
     requested: bool = False
     kill: bool = False
+    #: No handler may start any more (a drain): one that already did is left alone.
+    no_start: bool = False
     _scopes: set[trio.CancelScope] = attrs.field(factory=set)
     _kill_scopes: set[trio.CancelScope] = attrs.field(factory=set)
 
@@ -266,7 +268,7 @@ async def run_invocation(
                     )
                 except (PlanError, ValueError) as error:
                     raise _Failed(stage="plan", message=str(error)) from error
-                if stop_request is not None and stop_request.requested:
+                if stop_request is not None and (stop_request.requested or stop_request.no_start):
                     # Asked to stop while it waited for a UID or its directories: no handler.
                     why = "stopped before its handler started"
                     raise _Failed(stage="stopped", message=why, reason="stopping")
@@ -311,6 +313,12 @@ async def run_invocation(
             failure = _Failed(
                 failure.stage, f"{failure}; then teardown failed: {error}", failure.reason
             )
+    # Stopped on request: a handler that ran and was stopped, or one that never started because
+    # a stop (or a drain) came first.
+    never_started = failure is not None and failure.stage == "stopped"
+    stopped = never_started or (
+        stop_request is not None and stop_request.requested and status is not None
+    )
     outcome = Outcome(
         invocation=invocation,
         unit=unit,
@@ -322,7 +330,7 @@ async def run_invocation(
         seconds=time.perf_counter() - started,
         reason=None if failure is None else failure.reason,
         timings=tuple(clock.laps.items()),
-        stopped=stop_request is not None and stop_request.requested and status is not None,
+        stopped=stopped,
     )
     if runtime.on_finished is not None:
         runtime.on_finished(outcome)

@@ -139,7 +139,7 @@ class Manager:
 
     def request_reload(self) -> None:
         """Reload soon, as SIGHUP does: requests made while one waits to run are one reload."""
-        if self.draining:
+        if self.draining or self._stop_requested.is_set():
             logger.info("reload asked for while stopping: ignored")
             return
         if self._loops is None or not self.serving:  # once serving begins
@@ -153,6 +153,8 @@ class Manager:
     async def _queued_reload(self) -> None:
         async with self._reloading:
             self._reload_queued = False
+            if self.draining:  # the stop came first
+                return
             try:
                 await self._reload()
             except Exception:  # a bug must cost this reload, never the server
@@ -186,7 +188,8 @@ class Manager:
                 stop.request()
             for live in list(self.live.values()):
                 if live.per_connection:
-                    timers.start_soon(_kill_after, live)
+                    live.stop.no_start = True  # not started yet: it never will
+                    timers.start_soon(_kill_after, live)  # started: TimeoutStopSec= to finish
                 else:
                     live.stop.request()
             async with self._reloading:  # then a reload under way finishes
@@ -444,6 +447,7 @@ class Manager:
                 task_status.started()
                 pause = 0.1
                 while True:
+                    began = trio.current_time()
                     try:
                         if state.unit.accept:
                             async with trio.open_nursery() as nursery:
@@ -452,6 +456,8 @@ class Manager:
                         else:
                             await self._activation_loop(state)
                     except Exception:  # a bug must cost a pause of this socket, not the server
+                        if trio.current_time() - began > 60:
+                            pause = 0.1  # a failure long after the last: start over
                         logger.exception("%s: its loop failed; again in %.1f s", state.name, pause)
                         await trio.sleep(pause)
                         pause = min(pause * 2, 30.0)
@@ -585,6 +591,8 @@ class Manager:
                     reason="output",
                 )
                 log_outcome(outcome, socket_unit, peer)
+                if self.runtime.on_finished is not None:
+                    self.runtime.on_finished(outcome)
                 return outcome
             assert self._invocations is not None
             self._invocations.start_soon(relay_output, log_read, service.name.name, invocation)
@@ -622,8 +630,8 @@ class Manager:
             del self.live[invocation]
             if not self.live:
                 self._idle.set()
-        if outcome.reason not in _REJECT_REASONS:
-            log_outcome(outcome, socket_unit, peer)
+        if not per_connection or outcome.reason not in _REJECT_REASONS:
+            log_outcome(outcome, socket_unit, peer)  # a refused connection is a `reject` instead
         return outcome
 
     async def _activation_loop(self, state: SocketState) -> None:
@@ -644,6 +652,18 @@ class Manager:
                 await trio.sleep(min(30.0, 2.0**failures))
                 failures += 1
                 continue
+            # Copies of its own: a drain may close our sockets while the service still starts.
+            copies: list[int] = []
+            try:
+                for _, sock in state.listening:
+                    copies.append(os.dup(sock.fileno()))
+            except OSError as error:
+                for fd in copies:
+                    os.close(fd)
+                logger.warning("%s: copying its sockets: %s", state.name, error.strerror)
+                await trio.sleep(min(30.0, 2.0**failures))
+                failures += 1
+                continue
             failures = 0
             live_stop = StopRequest()
             state.service = Live(service, live_stop, per_connection=False)
@@ -653,17 +673,20 @@ class Manager:
                 service: ServiceUnit = service,
                 stop: StopRequest = live_stop,
                 finished: trio.Event = finished,
+                fds: list[int] = copies,
             ) -> None:
                 with trio.CancelScope(shield=True):  # it ends by request, never by cancellation
                     try:
                         await self._run_with_restarts(
                             service,
-                            fds=[sock.fileno() for _, sock in state.listening],
-                            names=[state.unit.fd_name] * len(state.listening),
+                            fds=fds,
+                            names=[state.unit.fd_name] * len(fds),
                             socket_unit=state.name,
                             stop=stop,
                         )
                     finally:
+                        for fd in fds:
+                            os.close(fd)
                         finished.set()
 
             try:
