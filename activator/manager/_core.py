@@ -357,13 +357,8 @@ class Manager:
         if old is not None:
             admission = old.admission
             admission.limits = Limits.of(unit)
-            if (old.poll_limit.interval, old.poll_limit.burst) == (poll.interval, poll.burst):
-                poll = old.poll_limit
-            if (old.trigger_limit.interval, old.trigger_limit.burst) == (
-                trigger.interval,
-                trigger.burst,
-            ):
-                trigger = old.trigger_limit
+            poll = _same_window(old.poll_limit, poll)
+            trigger = _same_window(old.trigger_limit, trigger)
         state = SocketState(
             unit=unit,
             catalog=catalog,
@@ -829,6 +824,11 @@ class Manager:
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
+
+
+def _same_window(old: RateLimit, new: RateLimit) -> RateLimit:
+    """``old``, with the window it counts in, when its settings are ``new``'s; else ``new``."""
+    return old if (old.interval, old.burst) == (new.interval, new.burst) else new
 
 
 async def _kill_after(live: Live) -> None:
