@@ -9,18 +9,19 @@ own.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import signal
 import socket
-import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import CHECKOUT, activator_command
-from tests.integration.serving import Server, free_port, lease_files, write_config, write_units
+from tests.integration.serving import Server, free_port, lease_files
 
 pytestmark = pytest.mark.root
+
+StartServer = Callable[..., Server]
 
 ECHO = {
     "echo.socket": "[Socket]\nListenStream=127.0.0.1:{port}\nAccept=yes\n",
@@ -40,93 +41,72 @@ def notifications(sock: socket.socket, until: str, timeout: float = 20.0) -> lis
     return got
 
 
-def start_activated(
-    tmp_path: Path, port: int, passed: socket.socket, env: dict[str, str], names: str = ""
+@contextlib.contextmanager
+def listening(port: int) -> Iterator[socket.socket]:
+    """A TCP socket listening on 127.0.0.1:``port``, as a service manager would bind it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(16)
+        yield sock
+
+
+def serve_activated(
+    server: StartServer, port: int, passed: socket.socket, names: str = "", **options: object
 ) -> Server:
     """``activator serve`` on the echo units at ``port``, with ``passed`` as its fd 3
     (``LISTEN_FDS=1``, ``LISTEN_PID`` its own PID, ``LISTEN_FDNAMES=names`` when given)."""
-    write_units(tmp_path / "units", {name: text.format(port=port) for name, text in ECHO.items()})
-    config = write_config(tmp_path)
-    argv = " ".join(f"'{word}'" for word in activator_command("serve", "--config", str(config)))
     fdnames = f"LISTEN_FDNAMES={names} " if names else ""
-    script = f"exec 3<&{passed.fileno()}; LISTEN_PID=$$ LISTEN_FDS=1 {fdnames}exec {argv}"
-    proc = subprocess.Popen(
-        ["/bin/bash", "-c", script],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=CHECKOUT,
-        env={**os.environ, **env},
+    script = f'exec 3<&{passed.fileno()}; LISTEN_PID=$$ LISTEN_FDS=1 {fdnames}exec "$@"'
+    return server(
+        {name: text.format(port=port) for name, text in ECHO.items()},
+        wrapper=["/bin/bash", "-c", script, "bash"],
         pass_fds=(passed.fileno(),),
+        **options,
     )
-    return Server(proc, tmp_path)
+
+
+def echoes(port: int) -> str:
+    """What the echo service answers to ``ping``."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+        client.sendall(b"ping\n")
+        client.shutdown(socket.SHUT_WR)
+        return client.makefile().read()
 
 
 def test_activator_serves_a_socket_passed_in_and_notifies_its_manager(
-    leaves_nothing: None, tmp_path: Path
+    leaves_nothing: None, server: StartServer, tmp_path: Path
 ) -> None:
     port = free_port()
-    # Bound by "systemd" and held open: activator could not bind this port itself.
-    passed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    passed.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    passed.bind(("127.0.0.1", port))
-    passed.listen(16)
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify_path = str(tmp_path / "notify")
-    notify.bind(notify_path)
-    server = start_activated(tmp_path, port, passed, {"NOTIFY_SOCKET": notify_path}, "echo")
-    proc = server.proc
-    try:
+    # Bound by "systemd" and held open: activator could not bind this port itself.
+    with listening(port) as passed, socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(notify_path)
+        running = serve_activated(server, port, passed, "echo", env={"NOTIFY_SOCKET": notify_path})
         ready = notifications(notify, "READY=1")
         assert any(m.startswith("READY=1") for m in ready)
-        server.wait_for(lambda e: e.get("event") == "ready")
-        # The handler's environment must not carry activator's own LISTEN_* over.
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
-            client.sendall(b"ping\n")
-            client.shutdown(socket.SHUT_WR)
-            answer = client.makefile().read()
+        answer = echoes(port)
         assert answer.startswith("UID=")
         assert answer.endswith("ping\n")
-        server.wait_for(lambda e: e.get("event") == "invocation")
+        running.wait_for(lambda e: e.get("event") == "invocation")
         passed.close()  # activator holds its own copy: it still serves
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
-            client.shutdown(socket.SHUT_WR)
-            assert client.makefile().read().startswith("UID=")
-        server.signal(signal.SIGTERM)
+        assert echoes(port).startswith("UID=")
+        running.signal(signal.SIGTERM)
         stopping = notifications(notify, "STOPPING=1")
         assert any("STOPPING=1" in m.splitlines() for m in stopping)
-        assert server.stop() == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        passed.close()
-        notify.close()
+        assert running.wait() == 0
     assert lease_files() == []
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
 
 def test_a_passed_socket_no_unit_wants_is_closed_with_a_warning(
-    leaves_nothing: None, tmp_path: Path
+    leaves_nothing: None, server: StartServer
 ) -> None:
     port, stray = free_port(), free_port()
-    passed = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    passed.bind(("127.0.0.1", stray))
-    passed.listen(4)
-    server = start_activated(tmp_path, port, passed, {})
-    proc = server.proc
-    try:
-        server.wait_for(lambda e: e.get("event") == "ready")
-        warning = server.wait_for(lambda e: "matches no socket unit" in str(e.get("message")))
+    with listening(stray) as passed:
+        running = serve_activated(server, port, passed)
+        warning = running.wait_for(lambda e: "matches no socket unit" in str(e.get("message")))
         assert warning[0]["level"] == "warning"
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
-            client.shutdown(socket.SHUT_WR)
-            assert client.makefile().read().startswith("UID=")
-        assert server.stop() == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        passed.close()
+        assert echoes(port).startswith("UID=")
+        assert running.stop() == 0
