@@ -185,9 +185,13 @@ def describe(spec: ListenSpec) -> str:
 # --- Making a listening socket ------------------------------------------------------------------
 
 
+def _reason(error: OSError) -> str:
+    """``Address already in use``: the errno's text, without Python's ``[Errno 98]``."""
+    return os.strerror(error.errno) if error.errno is not None else str(error)
+
+
 def _error(spec: ListenSpec, what: str, error: OSError) -> ListenError:
-    reason = os.strerror(error.errno) if error.errno is not None else str(error)
-    message = f"{spec.unit}: {describe(spec)}: {what}: {reason}"
+    message = f"{spec.unit}: {describe(spec)}: {what}: {_reason(error)}"
     return ListenError(message, unit=spec.unit, errno=error.errno)
 
 
@@ -312,7 +316,7 @@ def _set_options(spec: ListenSpec, sock: socket.socket) -> None:
     if spec.no_delay:
         option(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1, "TCP_NODELAY")
     if spec.defer_accept_sec > 0:
-        seconds = min(-(-spec.defer_accept_sec // _SECOND), _BACKLOG_MAX)  # rounded up, as systemd
+        seconds = min(spec.defer_accept_sec // _SECOND, _BACKLOG_MAX)  # whole: see _spec_of
         option(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, seconds, "TCP_DEFER_ACCEPT")
 
 
@@ -508,7 +512,7 @@ def inherited_sockets(
         try:
             is_socket = stat.S_ISSOCK(os.fstat(fd).st_mode)
         except OSError as e:
-            logger.warning("inherited fd %d (%s): %s: skipped", fd, name, os.strerror(e.errno or 0))
+            logger.warning("inherited fd %d (%s): %s: skipped", fd, name, _reason(e))
             continue
         if not is_socket:
             logger.warning("inherited fd %d (%s) is not a socket: closed", fd, name)
@@ -518,7 +522,7 @@ def inherited_sockets(
             os.set_inheritable(fd, False)
             sock = socket.socket(fileno=fd)
         except OSError as e:
-            logger.warning("inherited fd %d (%s): %s: closed", fd, name, os.strerror(e.errno or 0))
+            logger.warning("inherited fd %d (%s): %s: closed", fd, name, _reason(e))
             os.close(fd)
             continue
         sock.setblocking(False)
@@ -554,8 +558,7 @@ def notify(message: str, environ: Mapping[str, str] = os.environ) -> bool:
             sock.setblocking(False)
             sock.sendto(message.encode("utf-8", "surrogateescape"), address)
     except OSError as e:
-        reason = os.strerror(e.errno) if e.errno is not None else str(e)
-        logger.warning("sd_notify to NOTIFY_SOCKET=%r failed: %s", target, reason)
+        logger.warning("sd_notify to NOTIFY_SOCKET=%r failed: %s", target, _reason(e))
         return False
     return True
 
@@ -671,5 +674,4 @@ def configure_connection(conn: socket.socket, spec: ListenSpec) -> None:
         try:
             conn.setsockopt(level, name, 1)
         except OSError as e:
-            reason = os.strerror(e.errno) if e.errno is not None else str(e)
-            logger.warning("%s: %s: setsockopt %s: %s", spec.unit, describe(spec), what, reason)
+            logger.warning("%s: %s: setsockopt %s: %s", spec.unit, describe(spec), what, _reason(e))
