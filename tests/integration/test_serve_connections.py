@@ -313,16 +313,20 @@ def test_handlers_see_the_peer_and_local_addresses_in_their_environment(
             answer = client.rest()
         return environment(answer), printed_uid(answer.decode()), client.port
 
+    def tcp(proto: str, address: str, port: int | None, local_port: int) -> dict[str, str]:
+        """systemd's and UCSPI's variables of a loopback connection (both ends at ``address``)."""
+        return {
+            "PROTO": proto,
+            "REMOTE_ADDR": address,
+            "REMOTE_PORT": str(port),
+            "TCPREMOTEIP": address,
+            "TCPREMOTEPORT": str(port),
+            "TCPLOCALIP": address,
+            "TCPLOCALPORT": str(local_port),
+        }
+
     env, uid, port = ask(("127.0.0.1", port4))
-    expected = {
-        "PROTO": "TCP",
-        "REMOTE_ADDR": "127.0.0.1",
-        "REMOTE_PORT": str(port),
-        "TCPREMOTEIP": "127.0.0.1",
-        "TCPREMOTEPORT": str(port),
-        "TCPLOCALIP": "127.0.0.1",
-        "TCPLOCALPORT": str(port4),
-    }
+    expected = tcp("TCP", "127.0.0.1", port, port4)
     assert {k: env.get(k) for k in expected} == expected
     done = invocation_of(running, uid)
     assert (done["socket"], done["peer"]) == ("c1env4.socket", f"127.0.0.1:{port}")
@@ -330,15 +334,7 @@ def test_handlers_see_the_peer_and_local_addresses_in_their_environment(
     assert re.fullmatch(rf"c1env4@\d+{instance}", done["unit"]), done["unit"]
 
     env, uid, port = ask(("::1", port6))
-    expected = {
-        "PROTO": "TCP6",
-        "REMOTE_ADDR": "::1",
-        "REMOTE_PORT": str(port),
-        "TCPREMOTEIP": "::1",
-        "TCPREMOTEPORT": str(port),
-        "TCPLOCALIP": "::1",
-        "TCPLOCALPORT": str(port6),
-    }
+    expected = tcp("TCP6", "::1", port, port6)
     assert {k: env.get(k) for k in expected} == expected
     done = invocation_of(running, uid)
     assert (done["socket"], done["peer"]) == ("c1env6.socket", f"[::1]:{port}")
