@@ -185,6 +185,7 @@ async def run_invocation(
     invocation: str | None = None,
     on_spawned: Callable[[], None] | None = None,
     stop_request: StopRequest | None = None,
+    on_identity: Callable[[int, str], None] | None = None,
 ) -> Outcome:
     """Run one invocation of ``service`` to its end and give back everything it took.
 
@@ -199,6 +200,7 @@ async def run_invocation(
         on_spawned: called once the handler has its copies of ``fds`` (the caller may close
             its own, as the listener does with a connection).
         stop_request: stops the handler early when requested (see :class:`StopRequest`).
+        on_identity: called with the UID and user name once they are known (for status).
     """
     invocation = invocation or new_invocation_id()
     unit = service.name.name
@@ -214,6 +216,8 @@ async def run_invocation(
         try:
             identity, lease = await _identity(runtime, service, invocation, per_connection)
             clock.lap("identity")
+            if on_identity is not None:
+                on_identity(identity.uid, identity.user)
             if service.directory_environment:  # any Runtime/State/Cache/LogsDirectory=
                 stats = await _in_thread(
                     "directories",

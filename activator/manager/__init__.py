@@ -36,5 +36,7 @@ from ._events import log_problems as log_problems
 from ._rules import describe_peer as describe_peer
 from ._rules import instance_name as instance_name
 from ._rules import should_restart as should_restart
+from ._state import Hooks as Hooks
+from ._state import Live as Live
 from ._state import ManagerError as ManagerError
 from ._state import ReloadReport as ReloadReport

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import math
 import os
@@ -27,7 +28,7 @@ from activator.units import UnitName, parse_unit_name
 
 from ._events import log_outcome, log_problems, log_reject, relay_output
 from ._rules import describe_peer, instance_name, peer_ip, should_restart, writes_to_log
-from ._state import Live, ManagerError, ReloadReport, ServiceRun, SocketState
+from ._state import Hooks, Live, ManagerError, ReloadReport, ServiceRun, SocketState
 
 logger = logging.getLogger("activator.manager")
 
@@ -95,6 +96,8 @@ class Manager:
         self.fatal: str | None = None
         self.serving = False
         self.draining = False
+        #: Callbacks for the metrics (accepted and rejected connections).
+        self.hooks = Hooks()
 
     # --- the whole life ------------------------------------------------------------------------
 
@@ -495,6 +498,8 @@ class Manager:
                 await trio.sleep(backoff)
                 continue
             backoff = 0.0
+            if self.hooks.accepted is not None:
+                self.hooks.accepted(state.name)
             try:
                 # systemd accepts one connection per dispatch of the socket's event source and
                 # PollLimit counts dispatches, so both limits count accepted connections. Over a
@@ -516,7 +521,7 @@ class Manager:
             return
         if reject is not None:
             _close(conn)
-            log_reject(state.name, peer, reject.value)
+            self._reject(state.name, peer, reject.value)
             return
         with contextlib.suppress(OSError):  # the peer is already gone; the handler will see it
             listener.configure_connection(conn, spec)
@@ -524,19 +529,24 @@ class Manager:
         assert self._invocations is not None
         self._invocations.start_soon(self._connection, state, conn, peer, source, state.accepted)
 
+    def _reject(self, unit: str, peer: Peer | None, reason: str) -> None:
+        log_reject(unit, peer, reason)
+        if self.hooks.rejected is not None:
+            self.hooks.rejected(unit, reason)
+
     async def _connection(
         self, state: SocketState, conn: socket.socket, peer: Peer, source: Source, number: int
     ) -> None:
         try:
             if self.draining:  # accepted just before the drain: no handler starts any more
-                log_reject(state.name, peer, "stopping")
+                self._reject(state.name, peer, "stopping")
                 return
             name = state.unit.activates.with_instance(instance_name(number, peer))
             try:
                 service = _service_of(state.catalog, name)
             except (ConfigError, ManagerError) as error:
                 logger.error("%s", error)
-                log_reject(state.name, peer, "unit_error")
+                self._reject(state.name, peer, "unit_error")
                 return
             outcome = await self._invoke(
                 service,
@@ -548,7 +558,7 @@ class Manager:
                 on_spawned=conn.close,  # the handler has it: our copy goes at once
             )
             if outcome.reason in _REJECT_REASONS:
-                log_reject(state.name, peer, outcome.reason or "")
+                self._reject(state.name, peer, outcome.reason or "")
         except Exception:  # a bug must cost one connection, never the server (Rule 1)
             logger.exception("%s: connection from %s", state.name, describe_peer(peer))
         finally:
@@ -593,7 +603,14 @@ class Manager:
             self._invocations.start_soon(relay_output, log_read, service.name.name, invocation)
             descriptors = attrs.evolve(descriptors, log=len(fds))
             fds = (*fds, log_write)
-        live = Live(service, stop or StopRequest(), per_connection)
+        live = Live(
+            service,
+            stop or StopRequest(),
+            per_connection,
+            invocation=invocation,
+            socket=socket_unit,
+            peer=peer,
+        )
         if self.draining:
             live.stop.request(kill=per_connection)
         self.live[invocation] = live
@@ -618,6 +635,7 @@ class Manager:
                 invocation=invocation,
                 on_spawned=spawned,
                 stop_request=live.stop,
+                on_identity=functools.partial(_identify, live),
             )
         finally:
             if log_write >= 0:
@@ -873,3 +891,7 @@ def _path(spec: ListenSpec) -> str | None:
 def _close(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.close()
+
+
+def _identify(live: Live, uid: int, user: str) -> None:
+    live.uid, live.user = uid, user

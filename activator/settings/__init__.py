@@ -207,7 +207,8 @@ def parse_settings(text: str, path: str) -> Settings:
 
 def _resolve_directories(settings: Settings, base: str) -> Settings:
     directories = tuple(os.path.join(base, d) for d in settings.units.directories)
-    return attrs.evolve(settings, units=UnitsSettings(directories))
+    enabled = os.path.join(base, settings.units.enabled_directory)
+    return attrs.evolve(settings, units=UnitsSettings(directories, enabled))
 
 
 def _override_directories(settings: Settings, override: Sequence[str]) -> Settings:
@@ -218,7 +219,8 @@ def _override_directories(settings: Settings, override: Sequence[str]) -> Settin
     ]
     if problems:
         raise ConfigError(problems)
-    return attrs.evolve(settings, units=UnitsSettings(tuple(os.path.abspath(d) for d in override)))
+    directories = tuple(os.path.abspath(d) for d in override)
+    return attrs.evolve(settings, units=attrs.evolve(settings.units, directories=directories))
 
 
 def load_settings(

@@ -216,6 +216,27 @@ def _directories(value: object) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _directory(value: object) -> str:
+    text = _string(value)
+    if not text:
+        msg = "must not be empty"
+        raise _Invalid(msg)
+    if "\0" in text:
+        msg = "must not contain a NUL byte"
+        raise _Invalid(msg)
+    return text
+
+
+def _log_target(value: object) -> str:
+    text = _string(value)
+    if text in ("stderr", "syslog"):
+        return text
+    if not text.startswith("/") or text.endswith("/") or "\0" in text:
+        msg = "must be 'stderr', 'syslog' or the absolute path of a file"
+        raise _Invalid(msg)
+    return text
+
+
 _PORT = re.compile(r"[0-9]{1,5}")
 # Interface names (IFNAMSIZ is 16 with the NUL) or numeric scope ids.
 _IPV6_SCOPE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
@@ -416,10 +437,15 @@ class UnitsSettings:
         directories: searched in order; a unit in an earlier directory hides one of the same
             name in a later one (as /etc hides /usr/lib for systemd). :func:`load_settings`
             resolves relative entries against the directory of the settings file.
+        enabled_directory: where ``activator enable`` records the enabled template instances
+            (one empty file per instance unit); relative to the settings file as well.
     """
 
     directories: tuple[str, ...] = attrs.field(
         default=("/etc/activator/units",), metadata=_key(_directories)
+    )
+    enabled_directory: str = attrs.field(
+        default="/etc/activator/enabled", metadata=_key(_directory)
     )
 
 
@@ -466,9 +492,12 @@ class LogSettings:
 
     Attributes:
         format: plain text lines or one JSON object per line.
+        target: where the lines go: ``stderr``, ``syslog`` (the daemon facility), or the
+            absolute path of a file, appended to.
     """
 
     format: LogFormat = attrs.field(default=LogFormat.PLAIN, metadata=_key(_choice(LogFormat)))
+    target: str = attrs.field(default="stderr", metadata=_key(_log_target))
 
 
 @attrs.frozen
