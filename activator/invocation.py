@@ -117,6 +117,7 @@ class Runtime:
         host: facts of this host a plan needs (our hard RLIMIT_NOFILE caps LimitNOFILE=).
         on_started: called with (unit, invocation, spawn seconds) once a handler runs.
         on_finished: called with every :class:`Outcome`.
+        on_chown: called with what each directories step did (skipped or not).
     """
 
     spawner: Spawner
@@ -129,6 +130,7 @@ class Runtime:
     )
     on_started: Callable[[str, str, float], None] | None = None
     on_finished: Callable[[Outcome], None] | None = None
+    on_chown: Callable[[directories.ChownStats], None] | None = None
 
 
 class _Failed(Exception):
@@ -226,6 +228,8 @@ async def run_invocation(
                     identity.uid,
                     identity.gid,
                 )
+                if runtime.on_chown is not None:
+                    runtime.on_chown(stats)
                 if not stats.skipped:
                     logger.info(
                         "%s: chowned %d files to %d in %.3f s",
