@@ -61,6 +61,8 @@ class Server:
         self.proc = proc
         self.directory = directory
         self.units = directory / "units"
+        #: The control socket ``activator status`` and friends talk to (``--control PATH``).
+        self.control = directory / "control"
         self.events: list[Event] = []
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -165,13 +167,15 @@ def write_units(directory: Path, units: Mapping[str, str]) -> None:
         (directory / name).write_text(text, encoding="utf-8")
 
 
-def write_config(directory: Path, settings: str = "") -> Path:
-    """``directory/activator.toml`` for a test server: units from ``directory/units``, no
-    metrics endpoint, JSON log, then ``settings`` (more TOML tables)."""
+def write_config(directory: Path, settings: str = "", *, metrics: str = "") -> Path:
+    """``directory/activator.toml`` for a test server: units from ``directory/units``, enabled
+    instances in ``directory/enabled``, the control socket ``directory/control``, the metrics
+    endpoint at ``metrics`` (``""``: none), JSON log, then ``settings`` (more TOML tables)."""
     config = directory / "activator.toml"
     config.write_text(
-        f'[units]\ndirectories = ["units"]\n[metrics]\nlisten = ""\n'
-        f'[log]\nformat = "json"\n{settings}',
+        '[units]\ndirectories = ["units"]\nenabled_directory = "enabled"\n'
+        f'[control]\nsocket = "{directory}/control"\n'
+        f'[metrics]\nlisten = "{metrics}"\n[log]\nformat = "json"\n{settings}',
         encoding="utf-8",
     )
     return config
@@ -200,10 +204,14 @@ def server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         pass_fds: Sequence[int] = (),
         wait: bool = True,
         wrapper: Sequence[str] = (),
+        metrics: str = "",
+        directory: Path | None = None,
     ) -> Server:
-        directory = tmp_path / f"server{len(started)}"
+        """Start ``activator serve`` in ``directory`` (default: a fresh one under tmp_path;
+        name one again to restart a server on the same units, enabled instances and state)."""
+        directory = directory or tmp_path / f"server{len(started)}"
         write_units(directory / "units", units)
-        config = write_config(directory, settings)
+        config = write_config(directory, settings, metrics=metrics)
         argv = [*wrapper, *activator_command("serve", "--config", str(config), *args)]
         if strict:
             argv.append("--strict")
