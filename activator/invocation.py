@@ -378,6 +378,7 @@ async def _identity(
             user=service.user,
             per_connection=per_connection,
             state_owner=owner,
+            share=not per_connection,
         )
     except OSError as error:
         raise _Failed(stage="lease", message=_os_error_text(error)) from error
@@ -451,14 +452,17 @@ async def _teardown(
     unit: str,
 ) -> None:
     """Kill and drain the cgroup, remove runtime directories, clear the UID's kernel keys, then
-    release the lease."""
+    release the lease. Of a lease shared with invocations still running (one customer's
+    concurrent connections), only the cgroup goes: its last holder does the rest."""
     if cgroup is not None:
         await _patiently(unit, teardown.kill_and_wait, runtime.cgroups, cgroup)
         how = "cgroup" if how == "never ran" else f"{how} and cgroup"
-    if service.runtime_directory:
+    shared = lease is not None and runtime.leases.holders(lease.uid) > 1
+    if service.runtime_directory and not shared:
         await _patiently(unit, _remove_runtime_directories, service)
     if lease is not None:
-        await _patiently(unit, _clear_keys, runtime, lease.uid, unit)
+        if not shared:
+            await _patiently(unit, _clear_keys, runtime, lease.uid, unit)
         await _patiently(unit, runtime.leases.release, lease, Vacated(lease.uid, how))
 
 

@@ -114,6 +114,8 @@ class LeaseService:
     clock: Callable[[], float] = time.time
     pool: Pool = attrs.field(init=False)
     _locks: dict[int, uidstore.LeaseLock] = attrs.field(init=False, factory=dict)
+    #: How many invocations hold each shared lease (absent: one).
+    _holders: dict[int, int] = attrs.field(init=False, factory=dict)
     _waiters: collections.deque[_Waiter] = attrs.field(init=False, factory=collections.deque)
     #: The waiters of ``_waiters`` that are not done (the queue's length, for its bound).
     _live_waiters: int = attrs.field(init=False, default=0)
@@ -199,6 +201,7 @@ class LeaseService:
         user: str | None = None,
         per_connection: bool = False,
         state_owner: int | None = None,
+        share: bool = False,
     ) -> Lease:
         """Lease a UID for one invocation of ``unit``.
 
@@ -208,12 +211,22 @@ class LeaseService:
             user: the user name (``User=`` with DynamicUser); None names it after the unit.
             per_connection: add a short unique suffix to the name (Accept=yes invocations).
             state_owner: the UID owning the service's state directory, preferred when free.
+            share: when a live lease already has this user name, hold it too (as systemd's
+                units that name one dynamic user share its UID) instead of taking a new UID
+                under a suffixed name; the UID is released when its last holder releases it.
 
         Raises:
             PoolExhausted: no UID, by the policy.
         """
         if not self._ready.is_set():
             await self._ready.wait()
+        if share and not per_connection:
+            name = user if user is not None else user_name(unit)
+            held = self.pool.lease_by_user(name)
+            if held is not None:
+                self._holders[held.uid] = self._holders.get(held.uid, 1) + 1
+                self.allocations["shared"] += 1
+                return held
         started = time.perf_counter()
         deadline = trio.current_time() + self.wait_timeout
         queued: _Waiter | None = None
@@ -314,7 +327,8 @@ class LeaseService:
         self._fail("names", f"no free user name for {unit}")
 
     def record_cgroup(self, lease: Lease, cgroup: str) -> Lease:
-        """Write the invocation's cgroup into the lease file, for crash recovery."""
+        """Write the invocation's cgroup into the lease file, for crash recovery (a shared
+        lease names its latest holder's; recovery kills every cgroup of the lease's unit)."""
         updated = attrs.evolve(lease, cgroup=cgroup)
         uidstore.update(self._locks[lease.uid], updated.to_record())
         return updated
@@ -331,6 +345,13 @@ class LeaseService:
         if vacated.uid != lease.uid:
             msg = f"release of UID {lease.uid} with proof for UID {vacated.uid}"
             raise ValueError(msg)
+        holders = self._holders.get(lease.uid, 1)
+        if holders > 1:  # a shared lease: its other holders still run
+            if holders == 2:
+                del self._holders[lease.uid]
+            else:
+                self._holders[lease.uid] = holders - 1
+            return
         removed = await trio.to_thread.run_sync(uidstore.remove_ipc, lease.uid)
         if removed:
             logger.info("removed %d IPC objects of UID %d (%s)", removed, lease.uid, lease.user)
@@ -340,6 +361,10 @@ class LeaseService:
         self._wake_waiters()
         if self.reuse_delay > 0:
             self._wake_checker.set()  # the background loop sleeps until the UID has rested
+
+    def holders(self, uid: int) -> int:
+        """How many invocations hold the lease of ``uid`` (0 when it is not leased)."""
+        return self._holders.get(uid, 1) if uid in self.pool.leased else 0
 
     def _wake_waiters(self) -> None:
         """Wake as many waiting acquires as UIDs are free, oldest first."""

@@ -333,6 +333,30 @@ async def test_the_same_unit_twice_at_once_gets_two_names_and_two_uids(tmp_path:
 
 
 @root
+async def test_a_shared_name_is_one_uid_held_until_its_last_holder_releases_it(
+    tmp_path: Path,
+) -> None:
+    leases = make(tmp_path, SMALL)
+    async with serving(leases):
+        alice = await leases.acquire("foo@alice.service", "a", share=True)
+        again = await leases.acquire("foo@alice.service", "b", share=True)
+        bob = await leases.acquire("foo@bob.service", "c", share=True)
+        assert (alice.user, again.user, bob.user) == ("foo-alice", "foo-alice", "foo-bob")
+        assert again.uid == alice.uid != bob.uid
+        assert leases.holders(alice.uid) == 2
+        assert leases.allocations["shared"] == 1
+        await give_back(leases, alice)
+        # Still held by the second invocation: leased, locked, known to userdb.
+        assert leases.holders(alice.uid) == 1
+        assert leases.user_by_uid(alice.uid) == UserRecord("foo-alice", alice.uid, alice.unit)
+        assert lock_files(tmp_path) == {alice.uid, bob.uid}
+        await give_back(leases, again)
+        assert leases.holders(alice.uid) == 0
+        assert leases.user_by_uid(alice.uid) is None
+        assert lock_files(tmp_path) == {bob.uid}
+
+
+@root
 async def test_a_lock_that_cannot_be_taken_loses_no_uid(tmp_path: Path) -> None:
     leases = make(tmp_path, SMALL)
     async with serving(leases):
