@@ -65,6 +65,8 @@ class Manager:
             serves the unit whose spec it matches, the rest are closed.
         strict: a socket that cannot be made at start is fatal (:meth:`serve` returns at once,
             with :attr:`fatal` set) instead of leaving its unit out.
+        enabled: template instances to run from the start (``foo@alice.socket`` listens,
+            ``foo@alice.service`` is started), as ``activator enable`` recorded them.
     """
 
     def __init__(
@@ -74,6 +76,7 @@ class Manager:
         *,
         inherited: Sequence[tuple[socket.socket, str | None]] = (),
         strict: bool = False,
+        enabled: Sequence[str] = (),
     ) -> None:
         self.runtime = runtime
         self._load = load
@@ -98,6 +101,9 @@ class Manager:
         self.draining = False
         #: Callbacks for the metrics (accepted and rejected connections).
         self.hooks = Hooks()
+        #: Socket instances of templates that listen besides the socket units of the catalog.
+        self.instances: set[str] = {n for n in enabled if n.endswith(".socket")}
+        self._enabled_services = [n for n in enabled if n.endswith(".service")]
 
     # --- the whole life ------------------------------------------------------------------------
 
@@ -133,6 +139,11 @@ class Manager:
                     task_status.started(report)
                     if self._reload_early:  # asked for while starting: the units may have changed
                         self.request_reload()
+                    for name in self._enabled_services:
+                        try:
+                            await self.start(name)
+                        except ManagerError as error:
+                            logger.error("enabled service %s: %s", name, error)
                     await self._stop_requested.wait()
                     await self.drain()
                     loops.cancel_scope.cancel()
@@ -258,6 +269,13 @@ class Manager:
             for name, loaded in catalog.units.items()
             if isinstance(loaded.unit, SocketUnit)
         }
+        unloadable = set(catalog.failed)
+        for name in sorted(self.instances - wanted.keys()):
+            try:
+                wanted[name] = _instance_socket(catalog, name)
+            except ManagerError as error:
+                logger.error("%s", error)
+                unloadable.add(name)
         added: list[str] = []
         removed: list[str] = []
         changed: list[str] = []
@@ -265,7 +283,7 @@ class Manager:
         failed: list[str] = []
         for name in list(self.sockets):
             if name not in wanted:
-                (failed if name in catalog.failed else removed).append(name)
+                (failed if name in unloadable else removed).append(name)
         for name, unit in wanted.items():
             old = self.sockets.get(name)
             if old is None:
@@ -541,7 +559,12 @@ class Manager:
             if self.draining:  # accepted just before the drain: no handler starts any more
                 self._reject(state.name, peer, "stopping")
                 return
-            name = state.unit.activates.with_instance(instance_name(number, peer))
+            name = state.unit.activates
+            # A plain socket's connection is an instance of its own with a fresh user; a
+            # customer's socket (foo@alice.socket) runs the customer's instance and user.
+            per_connection = not name.instance
+            if per_connection:
+                name = name.with_instance(instance_name(number, peer))
             try:
                 service = _service_of(state.catalog, name)
             except (ConfigError, ManagerError) as error:
@@ -553,7 +576,8 @@ class Manager:
                 fds=(conn.fileno(),),
                 descriptors=Descriptors(sockets=(0,), socket_names=("connection",)),
                 peer=peer,
-                per_connection=True,
+                per_connection=per_connection,
+                connection=True,
                 socket_unit=state.name,
                 on_spawned=conn.close,  # the handler has it: our copy goes at once
             )
@@ -579,7 +603,12 @@ class Manager:
         socket_unit: str | None,
         on_spawned: Callable[[], None] | None = None,
         stop: StopRequest | None = None,
+        connection: bool = False,
     ) -> Outcome:
+        """Run one invocation to its end. ``per_connection``: a fresh user of its own (a plain
+        socket's connection); ``connection``: it serves one connection (a drain gives it
+        ``TimeoutStopSec=`` to finish), as every per-connection invocation does."""
+        connection = connection or per_connection
         invocation = new_invocation_id()
         log_write = -1
         if writes_to_log(service):
@@ -606,13 +635,13 @@ class Manager:
         live = Live(
             service,
             stop or StopRequest(),
-            per_connection,
+            connection,
             invocation=invocation,
             socket=socket_unit,
             peer=peer,
         )
         if self.draining:
-            live.stop.request(kill=per_connection)
+            live.stop.request(kill=connection)
         self.live[invocation] = live
         self._idle = trio.Event() if len(self.live) == 1 else self._idle
 
@@ -641,9 +670,10 @@ class Manager:
             if log_write >= 0:
                 os.close(log_write)
             del self.live[invocation]
+            live.finished.set()
             if not self.live:
                 self._idle.set()
-        if not per_connection or outcome.reason not in _REJECT_REASONS:
+        if not connection or outcome.reason not in _REJECT_REASONS:
             log_outcome(outcome, socket_unit, peer)  # a refused connection is a `reject` instead
         return outcome
 
@@ -776,34 +806,39 @@ class Manager:
         finally:
             self._service_stops.discard(stop)
 
-    # --- plain services ---------------------------------------------------------------------
+    # --- starting and stopping units -----------------------------------------------------------
 
-    async def start(self, name: str) -> None:
-        """Start a service: a socket-activated one as if traffic came, a plain one with the
-        same dynamic user and sandbox; nothing if it runs already.
+    async def start(self, name: str) -> bool:
+        """Start a unit; False when it runs already.
+
+        A template's socket instance (``foo@alice.socket``) starts listening; a socket-activated
+        service starts as if traffic came; a plain service or a service instance starts with
+        its dynamic user and sandbox.
 
         Raises:
-            ManagerError: no such service, or a template without an instance.
+            ManagerError: no such unit, a template without an instance, a socket unit of the
+                units directories (those always listen), or activator is stopping.
         """
-        try:
-            name = _unit_name(name).name
-        except ValueError as error:
-            msg = f"{name}: {error}"
-            raise ManagerError(msg) from error
+        unit = _parse(name)
+        name = unit.name
         if self.draining:
             msg = "activator is stopping"
             raise ManagerError(msg)
-        for state in self.sockets.values():
-            if not state.unit.accept and state.unit.activates.name == name:
-                state.kick.set()
-                return
-        if name in self.services:
-            return
         if self.catalog is None or self._invocations is None:
             msg = "activator is not serving yet"
             raise ManagerError(msg)
+        if unit.suffix == "socket":
+            return await self._start_socket(unit)
+        for state in self.sockets.values():
+            if not state.unit.accept and state.unit.activates.name == name:
+                if state.service is not None:
+                    return False
+                state.kick.set()
+                return True
+        if name in self.services:
+            return False
         try:
-            service = _service_of(self.catalog, _unit_name(name))
+            service = _service_of(self.catalog, unit)
         except ConfigError as error:
             msg = f"{name}: {error}"
             raise ManagerError(msg) from error
@@ -820,24 +855,111 @@ class Manager:
                 run.done.set()
 
         self._invocations.start_soon(runner)
+        return True
 
-    async def stop(self, name: str) -> None:
-        """Stop a running service (``KillSignal=``, then SIGKILL after ``TimeoutStopSec=``)
-        and wait until it is gone; nothing if it is not running."""
-        try:
-            name = _unit_name(name).name
-        except ValueError as error:
-            msg = f"{name}: {error}"
-            raise ManagerError(msg) from error
+    async def stop(self, name: str) -> bool:
+        """Stop a unit and wait until it is gone; False when it was not running.
+
+        A socket instance stops listening (its connections finish); a service gets
+        ``KillSignal=``, then SIGKILL after ``TimeoutStopSec=``, and so does every connection it
+        serves.
+
+        Raises:
+            ManagerError: not a unit name, or a socket unit of the units directories.
+        """
+        unit = _parse(name)
+        name = unit.name
+        if unit.suffix == "socket":
+            return await self._stop_socket(unit)
+        stopped = False
         for state in list(self.sockets.values()):
             live = state.service
             if live is not None and live.service.name.name == name:
                 live.stop.request()
                 await live.finished.wait()
+                stopped = True
         run = self.services.get(name)
         if run is not None:
             run.stop.request()
             await run.done.wait()
+            stopped = True
+        serving = [live for live in self.live.values() if live.service.name.name == name]
+        for live in serving:
+            live.stop.request()
+        for live in serving:
+            await live.finished.wait()
+        return stopped or bool(serving)
+
+    async def _start_socket(self, unit: UnitName) -> bool:
+        name = unit.name
+        if name in self.sockets:
+            return False
+        if not unit.is_instance:
+            msg = f"{name}: only instances of socket templates are started and stopped; the "
+            msg += "socket units of the units directories always listen (or are left out with a "
+            msg += "problem: see activator check)"
+            raise ManagerError(msg)
+        async with self._reloading:
+            assert self.catalog is not None
+            _instance_socket(self.catalog, name)  # raises with the reason
+            self.instances.add(name)
+            report = await self._apply_again()
+        if name not in self.sockets:
+            self.instances.discard(name)
+            msg = f"{name}: cannot listen: " + (", ".join(report.failed) or "see the log")
+            raise ManagerError(msg)
+        return True
+
+    async def _stop_socket(self, unit: UnitName) -> bool:
+        name = unit.name
+        if name not in self.instances:
+            if name in self.sockets:
+                msg = f"{name}: a socket unit of the units directories: remove its file and "
+                msg += "reload to stop it"
+                raise ManagerError(msg)
+            return False
+        async with self._reloading:
+            self.instances.discard(name)
+            await self._apply_again()
+        return True
+
+    async def _apply_again(self) -> ReloadReport:
+        """Apply the current catalog again (instances changed); the caller holds the lock."""
+        if self.draining:
+            msg = "activator is stopping"
+            raise ManagerError(msg)
+        assert self.catalog is not None
+        with trio.CancelScope(shield=True):  # half an apply would leak sockets or units
+            report = await self._apply(self.catalog)
+        return report
+
+    def kill(self, target: str) -> list[str]:
+        """Kill invocations at once (SIGKILL to their every process): the one whose id is or
+        starts with ``target`` (8 hex digits at least), or every one of a unit (its service or
+        the socket it serves). Their ids.
+
+        Raises:
+            ManagerError: nothing matches.
+        """
+        if _is_id_prefix(target):
+            chosen = [i for i in self.live if i.startswith(target)]
+            if len(chosen) > 1:
+                msg = f"{target}: names {len(chosen)} invocations; give more of the id"
+                raise ManagerError(msg)
+        else:
+            unit = _parse(target).name
+            chosen = [
+                i
+                for i, live in self.live.items()
+                if unit in (live.service.name.name, live.socket)
+                or (live.service.name.is_instance and live.service.name.template.name == unit)
+            ]
+        if not chosen:
+            msg = f"{target}: no such invocation running"
+            raise ManagerError(msg)
+        for invocation in chosen:
+            self.live[invocation].stop.request(kill=True)
+        return chosen
 
 
 # ---------------------------------------------------------------------------------------------
@@ -881,6 +1003,37 @@ def _services(catalog: Catalog) -> dict[str, ServiceUnit]:
 
 def _unit_name(text: str) -> UnitName:
     return parse_unit_name(text if "." in text else f"{text}.service")
+
+
+def _parse(text: str) -> UnitName:
+    try:
+        return _unit_name(text)
+    except ValueError as error:
+        msg = f"{text}: {error}"
+        raise ManagerError(msg) from error
+
+
+def _is_id_prefix(text: str) -> bool:
+    return len(text) >= 8 and all(c in "0123456789abcdef" for c in text)
+
+
+def _instance_socket(catalog: Catalog, name: str) -> SocketUnit:
+    """The socket unit of a template instance, built from ``catalog``, whose service builds."""
+    unit = _parse(name)
+    try:
+        loaded = catalog.instantiate(unit)
+    except ConfigError as error:
+        msg = f"{name}: {error}"
+        raise ManagerError(msg) from error
+    if not isinstance(loaded.unit, SocketUnit):
+        msg = f"{name}: not a socket"
+        raise ManagerError(msg)
+    try:
+        _service_of(catalog, loaded.unit.activates)
+    except (ConfigError, ManagerError) as error:
+        msg = f"{name}: its service: {error}"
+        raise ManagerError(msg) from error
+    return loaded.unit
 
 
 def _path(spec: ListenSpec) -> str | None:

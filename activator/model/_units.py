@@ -174,10 +174,14 @@ class SocketUnit:
     @property
     def activates(self) -> UnitName:
         """The service this socket starts: ``Service=``, else ``foo.service``, or ``foo@.service``
-        for Accept=yes (one instance per connection), as systemd pairs them."""
+        for Accept=yes (one instance per connection), as systemd pairs them.
+
+        A template instance (``foo@alice.socket``) starts its own instance (``foo@alice.service``)
+        with Accept=yes too: each connection runs as the customer's instance and user, where
+        systemd would name a fresh instance per connection."""
         if self.service is not None:
             return self.service
-        if self.accept:
+        if self.accept and not self.name.instance:
             return UnitName(self.name.prefix, "", "service")
         return self.name.with_suffix("service")
 

@@ -113,6 +113,9 @@ def test_socket_pairing_follows_systemd() -> None:
     assert instance.listen[0].address == v.UnixListen("/run/foo/bar.sock")
     other, _ = socket("foo.socket", "[Socket]\nListenStream=1\nService=bar.service\n")
     assert other.activates.name == "bar.service"
+    # A customer's socket runs the customer's instance for every connection (activator's rule).
+    customer, _ = socket("foo@bar.socket", "[Socket]\nListenStream=1\nAccept=yes\n")
+    assert customer.activates.name == "foo@bar.service"
 
 
 # --- list and scalar semantics, drop-ins -------------------------------------------------------
