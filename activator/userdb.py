@@ -45,14 +45,9 @@ docs/USER_GROUP_API.md:
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
-import os
 import posixpath
-import socket
-import stat
-import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Final, NoReturn, Protocol
 
@@ -61,6 +56,13 @@ import trio
 
 from activator import __version__
 from activator.errors import ActivatorError
+from activator.sockfile import (
+    SocketFileError,
+    bind_socket_file,
+    peer_credentials,
+    receive_until,
+    remove_socket_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -465,27 +467,6 @@ class _Connections:
             del self.per_uid[uid]
 
 
-def _peer_uid(sock: trio.socket.SocketType) -> int:
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid) & _ID_MAX
-
-
-async def _receive_message(stream: trio.SocketStream, buffer: bytearray, limit: int) -> int:
-    """Receive until buffer holds a NUL; its index, or -1 at end of stream or beyond limit."""
-    searched = 0
-    while (end := buffer.find(0, searched)) < 0:
-        searched = len(buffer)
-        if searched > limit:
-            return -1
-        # Never more than one byte past the limit: a connection's buffer stays within it.
-        data = await stream.receive_some(min(_SEND_CHUNK, limit + 1 - searched))
-        if not data:
-            return -1
-        buffer += data
-    return end if end <= limit else -1
-
-
 def _chunks(replies: Iterator[bytes]) -> Iterator[bytes]:
     pending: list[bytes] = []
     size = 0
@@ -512,7 +493,7 @@ async def _converse(
             end = buffer.find(0)
             if end < 0:
                 deadline.deadline = trio.current_time() + limits.idle_timeout
-                end = await _receive_message(stream, buffer, limits.max_message)
+                end = await receive_until(stream, buffer, 0, limits.max_message)
                 if end < 0:  # end of stream, or too long
                     return
             if end > limits.max_message:
@@ -526,64 +507,6 @@ async def _converse(
                 sent = True
             if not sent:  # a oneway call: yield to other connections all the same
                 await trio.lowlevel.checkpoint()
-
-
-async def _clear_stale_socket(path: str) -> None:
-    """Remove a socket file no server answers on (left by a crash); refuse anything else."""
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(info.st_mode):
-        msg = f"userdb socket {path}: {os.strerror(errno.EEXIST)}, and it is not a socket"
-        raise UserdbSocketError(msg)
-    with trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        try:
-            await probe.connect(path)
-        except ConnectionRefusedError:
-            pass  # nobody listens: stale
-        except FileNotFoundError:
-            return
-        except BlockingIOError:  # a full backlog: somebody listens
-            msg = f"userdb socket {path}: {os.strerror(errno.EADDRINUSE)}"
-            raise UserdbSocketError(msg) from None
-        else:
-            msg = f"userdb socket {path}: {os.strerror(errno.EADDRINUSE)} (a server answers on it)"
-            raise UserdbSocketError(msg)
-    logger.info("userdb socket %s: replacing a stale socket", path)
-    os.unlink(path)
-
-
-async def _bind(path: str) -> tuple[trio.socket.SocketType, tuple[int, int]]:
-    os.makedirs(posixpath.dirname(path), mode=0o755, exist_ok=True)
-    await _clear_stale_socket(path)
-    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        try:
-            await sock.bind(path)
-        except OSError as e:
-            msg = f"bind {path}: {e.strerror}"
-            raise UserdbSocketError(msg) from e
-        # Every user's processes resolve names through this socket.
-        os.chmod(path, 0o666)
-        info = os.stat(path)
-        sock.listen(_LISTEN_BACKLOG)
-    except BaseException:
-        sock.close()
-        raise
-    return sock, (info.st_dev, info.st_ino)
-
-
-def _remove_socket(path: str, identity: tuple[int, int]) -> None:
-    """Remove our socket file, unless another server has replaced it since."""
-    try:
-        info = os.lstat(path)
-        if (info.st_dev, info.st_ino) == identity:
-            os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        logger.warning("userdb socket %s: cannot remove it: %s", path, e.strerror)
 
 
 async def serve_userdb(
@@ -610,12 +533,15 @@ async def serve_userdb(
             binding fails.
     """
     service = posixpath.basename(path)
-    sock, identity = await _bind(path)
+    try:
+        sock, identity = await bind_socket_file(path, "userdb socket", backlog=_LISTEN_BACKLOG)
+    except SocketFileError as e:
+        raise UserdbSocketError(str(e)) from None
     connections = _Connections(limits)
 
     async def handle(stream: trio.SocketStream) -> None:
         try:
-            uid = _peer_uid(stream.socket)
+            uid = peer_credentials(stream.socket).uid
         except OSError:
             await stream.aclose()
             return
@@ -638,5 +564,5 @@ async def serve_userdb(
         task_status.started()
         await trio.serve_listeners(handle, [listener])
     finally:
-        _remove_socket(path, identity)
+        remove_socket_file(path, identity, "userdb socket")
         sock.close()
