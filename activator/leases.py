@@ -116,6 +116,8 @@ class LeaseService:
     _locks: dict[int, uidstore.LeaseLock] = attrs.field(init=False, factory=dict)
     #: How many invocations hold each shared lease (absent: one).
     _holders: dict[int, int] = attrs.field(init=False, factory=dict)
+    #: Leases whose last holder is tearing down: set when the UID is released (or given up on).
+    _releasing: dict[int, trio.Event] = attrs.field(init=False, factory=dict)
     _waiters: collections.deque[_Waiter] = attrs.field(init=False, factory=collections.deque)
     #: The waiters of ``_waiters`` that are not done (the queue's length, for its bound).
     _live_waiters: int = attrs.field(init=False, default=0)
@@ -222,11 +224,16 @@ class LeaseService:
             await self._ready.wait()
         if share and not per_connection:
             name = user if user is not None else user_name(unit)
-            held = self.pool.lease_by_user(name)
-            if held is not None:
-                self._holders[held.uid] = self._holders.get(held.uid, 1) + 1
-                self.allocations["shared"] += 1
-                return held
+            while (held := self.pool.lease_by_user(name)) is not None:
+                releasing = self._releasing.get(held.uid)
+                if releasing is None:
+                    self._holders[held.uid] = self._holders.get(held.uid, 1) + 1
+                    self.allocations["shared"] += 1
+                    return held
+                # Its last holder is tearing it down: the UID is free again in a moment.
+                await releasing.wait()
+                if held.uid in self.pool.leased:  # its teardown failed: the UID stays out
+                    break
         started = time.perf_counter()
         deadline = trio.current_time() + self.wait_timeout
         queued: _Waiter | None = None
@@ -345,13 +352,15 @@ class LeaseService:
         if vacated.uid != lease.uid:
             msg = f"release of UID {lease.uid} with proof for UID {vacated.uid}"
             raise ValueError(msg)
-        holders = self._holders.get(lease.uid, 1)
-        if holders > 1:  # a shared lease: its other holders still run
-            if holders == 2:
-                del self._holders[lease.uid]
-            else:
-                self._holders[lease.uid] = holders - 1
-            return
+        if lease.uid not in self._releasing and not self.detach(lease):
+            return  # a shared lease: its other holders still run
+        try:
+            await self._release(lease)
+        finally:
+            # Released, or kept for good (its teardown failed): no one waits on it any more.
+            self._releasing.pop(lease.uid).set()
+
+    async def _release(self, lease: Lease) -> None:
         removed = await trio.to_thread.run_sync(uidstore.remove_ipc, lease.uid)
         if removed:
             logger.info("removed %d IPC objects of UID %d (%s)", removed, lease.uid, lease.user)
@@ -361,6 +370,26 @@ class LeaseService:
         self._wake_waiters()
         if self.reuse_delay > 0:
             self._wake_checker.set()  # the background loop sleeps until the UID has rested
+
+    def detach(self, lease: Lease) -> bool:
+        """Leave a lease whose invocation is over (its processes are gone): True for its last
+        holder, which must then finish the teardown (keys, runtime directories) and
+        :meth:`release` it; no one shares it from now on. False when other holders go on with
+        it (nothing more to do)."""
+        holders = self._holders.get(lease.uid, 1)
+        if holders > 1:
+            if holders == 2:
+                del self._holders[lease.uid]
+            else:
+                self._holders[lease.uid] = holders - 1
+            return False
+        self._releasing.setdefault(lease.uid, trio.Event())
+        return True
+
+    def give_up(self, lease: Lease) -> None:
+        """The last holder's teardown failed: the lease is kept for good (a restart reclaims
+        it); invocations waiting to share its user take a UID of their own."""
+        self._releasing.setdefault(lease.uid, trio.Event()).set()
 
     def holders(self, uid: int) -> int:
         """How many invocations hold the lease of ``uid`` (0 when it is not leased)."""

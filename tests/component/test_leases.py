@@ -357,6 +357,35 @@ async def test_a_shared_name_is_one_uid_held_until_its_last_holder_releases_it(
 
 
 @root
+async def test_a_user_being_released_is_not_shared_but_leased_afresh_once_released(
+    tmp_path: Path,
+) -> None:
+    leases = make(tmp_path, SMALL)
+    async with serving(leases):
+        old = await leases.acquire("foo@alice.service", "a", share=True)
+        assert leases.detach(old)  # its last holder is tearing it down
+        got: list[Lease] = []
+
+        async def newcomer() -> None:
+            got.append(await leases.acquire("foo@alice.service", "b", share=True))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(newcomer)
+            await trio.testing.wait_all_tasks_blocked()
+            assert got == []  # it waits for the release instead of joining a dying lease
+            await give_back(leases, old)
+        assert got[0].invocation == "b"
+        assert got[0].uid == old.uid  # the name hash gives the same UID again
+        assert leases.holders(old.uid) == 1
+        # A teardown that fails keeps the lease for good: waiters get a user of their own.
+        assert leases.detach(got[0])
+        leases.give_up(got[0])
+        other = await leases.acquire("foo@alice.service", "c", share=True)
+        assert other.uid != old.uid
+        assert re.fullmatch(r"foo-[0-9a-f]{4}", other.user)
+
+
+@root
 async def test_a_lock_that_cannot_be_taken_loses_no_uid(tmp_path: Path) -> None:
     leases = make(tmp_path, SMALL)
     async with serving(leases):
