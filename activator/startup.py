@@ -11,14 +11,20 @@ Rule 2: the spawner is started by the caller, before trio and before any thread
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from collections.abc import Iterable
 
 import trio
 
 from activator import directories, teardown, uidstore
+from activator.commands import Commands
+from activator.control import ControlSocketError, serve_control
+from activator.instances import EnabledUnits
 from activator.invocation import Runtime
 from activator.leases import LeaseService
+from activator.manager import Manager
 from activator.settings import Settings
 from activator.spawner import Spawner, SpawnerDied, SpawnFailed
 from activator.userdb import SOCKET_PATH, UserdbSocketError, serve_userdb
@@ -63,6 +69,40 @@ async def start_userdb(nursery: trio.Nursery, leases: LeaseService) -> str:
         await nursery.start(serve_userdb, leases, path)
         return path
     return SOCKET_PATH
+
+
+def load_enabled(store: EnabledUnits) -> list[str]:
+    """The enabled instances (blocking: it lists the directory); problems are logged."""
+    try:
+        names, warnings = store.load()
+    except OSError as error:
+        logger.error("enabled instances in %s: %s; none started", store.directory, error)
+        return []
+    for warning in warnings:
+        logger.warning("%s", warning)
+    return names
+
+
+async def start_control(
+    nursery: trio.Nursery,
+    settings: Settings,
+    manager: Manager,
+    leases: LeaseService,
+    store: EnabledUnits,
+    enabled: Iterable[str],
+) -> Commands | None:
+    """Serve the control socket of ``settings`` in ``nursery``; None (logged) when it cannot
+    be bound: activator serves on without it, as with a socket unit that cannot bind."""
+    commands = Commands(manager, leases, store, set(enabled))
+    path = settings.control.socket
+    try:
+        await nursery.start(
+            functools.partial(serve_control, path, settings.control.group, commands.dispatch)
+        )
+    except ControlSocketError as error:
+        logger.error("control socket: %s; serving without it", error)
+        return None
+    return commands
 
 
 def reclaim(cgroups: teardown.Cgroups, spawner: Spawner, record: dict[str, object] | None) -> None:

@@ -57,12 +57,12 @@ def free_port(family: int = socket.AF_INET, host: str = "127.0.0.1") -> int:
 class Server:
     """One running ``activator serve`` and everything it logged."""
 
-    def __init__(self, proc: subprocess.Popen[str], directory: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[str], directory: Path, control: Path) -> None:
         self.proc = proc
         self.directory = directory
         self.units = directory / "units"
         #: The control socket ``activator status`` and friends talk to (``--control PATH``).
-        self.control = directory / "control"
+        self.control = control
         self.events: list[Event] = []
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -167,14 +167,17 @@ def write_units(directory: Path, units: Mapping[str, str]) -> None:
         (directory / name).write_text(text, encoding="utf-8")
 
 
-def write_config(directory: Path, settings: str = "", *, metrics: str = "") -> Path:
+def write_config(
+    directory: Path, settings: str = "", *, metrics: str = "", control: Path | None = None
+) -> Path:
     """``directory/activator.toml`` for a test server: units from ``directory/units``, enabled
-    instances in ``directory/enabled``, the control socket ``directory/control``, the metrics
-    endpoint at ``metrics`` (``""``: none), JSON log, then ``settings`` (more TOML tables)."""
+    instances in ``directory/enabled``, the control socket ``control`` (default
+    ``directory/control``), the metrics endpoint at ``metrics`` (``""``: none), JSON log, then
+    ``settings`` (more TOML tables)."""
     config = directory / "activator.toml"
     config.write_text(
         '[units]\ndirectories = ["units"]\nenabled_directory = "enabled"\n'
-        f'[control]\nsocket = "{directory}/control"\n'
+        f'[control]\nsocket = "{control or directory / "control"}"\n'
         f'[metrics]\nlisten = "{metrics}"\n[log]\nformat = "json"\n{settings}',
         encoding="utf-8",
     )
@@ -206,12 +209,13 @@ def server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
         wrapper: Sequence[str] = (),
         metrics: str = "",
         directory: Path | None = None,
+        control: Path | None = None,
     ) -> Server:
         """Start ``activator serve`` in ``directory`` (default: a fresh one under tmp_path;
         name one again to restart a server on the same units, enabled instances and state)."""
         directory = directory or tmp_path / f"server{len(started)}"
         write_units(directory / "units", units)
-        config = write_config(directory, settings, metrics=metrics)
+        config = write_config(directory, settings, metrics=metrics, control=control)
         argv = [*wrapper, *activator_command("serve", "--config", str(config), *args)]
         if strict:
             argv.append("--strict")
@@ -225,7 +229,7 @@ def server(tmp_path: Path) -> Iterator[Callable[..., Server]]:
             env=None if env is None else {**os.environ, **env},
             pass_fds=pass_fds,
         )
-        server = Server(proc, directory)
+        server = Server(proc, directory, control or directory / "control")
         started.append(server)
         if wait:
             server.wait_for(lambda e: e.get("event") == "ready", START_TIMEOUT)
