@@ -16,6 +16,7 @@ import pytest
 
 from activator.control import ControlError, request
 from tests.integration.conftest import activator_command
+from tests.integration.prometheus import parse, scrape, value
 from tests.integration.serving import Client, Server, free_port
 
 pytestmark = pytest.mark.root
@@ -148,7 +149,8 @@ def test_enabled_customers_come_back_after_a_restart_with_their_uids_and_no_chow
     assert first.stop() == 0
     chowned = [e for e in first.events if "chowned" in e.get("message", "")]
     assert len(chowned) == 2  # the first connection of each customer made its state directory
-    again = server(units, directory=first.directory)
+    metrics_port = free_port()
+    again = server(units, directory=first.directory, metrics=f"127.0.0.1:{metrics_port}")
     for name, port in ports.items():
         # A few connections each: every one runs as the customer's UID, none chowns.
         for _ in range(3):
@@ -156,6 +158,10 @@ def test_enabled_customers_come_back_after_a_restart_with_their_uids_and_no_chow
             with client:
                 assert fields["uid"] == uids[name]
                 assert ask(client, f"/var/lib/foobar/{name}/secret") == f"secret-of-{name}\nend\n"
+    samples = parse(scrape(metrics_port).body)
+    assert value(samples, "activator_uid_chown_total") == 0
+    assert value(samples, "activator_uid_chown_files_total") == 0
+    assert value(samples, "activator_connections_accepted_total", unit="foobar@alice.socket") == 3
     assert again.stop() == 0
     assert not [e for e in again.events if "chowned" in e.get("message", "")]
 
