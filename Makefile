@@ -9,10 +9,11 @@ BIN := $(VENV)/bin
 # libnss-systemd so that getent/id/ls see dynamic users; util-linux (setpriv, ipcmk, unshare),
 # e2fsprogs (chattr), libcap2-bin (setcap), gcc and libc6-dev (a setuid probe), procps (ps) for
 # the sandbox and pool tests; socat, netcat-openbsd, git and python3-systemd are the real clients and
-# handlers of the serving tests.
+# handlers of the serving tests; curl scrapes the metrics endpoint, and prometheus (with promtool)
+# checks what it serves, scrapes it for real and checks the alert rules of deploy/prometheus/.
 DEB_RUN := python3 python3-venv
 DEB_TEST := $(DEB_RUN) systemd libnss-systemd util-linux e2fsprogs libcap2-bin gcc libc6-dev procps \
-	socat netcat-openbsd git python3-systemd
+	socat netcat-openbsd git python3-systemd curl prometheus
 
 .PHONY: run test lint typecheck unit check deb-run deb-test clean
 
