@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 import attrs
 
-from activator import __version__, values
+from activator import __version__, ctl, values
 from activator.catalog import Catalog, Loaded
 from activator.errors import ConfigError, Problem
 from activator.loader import load_catalog
@@ -64,6 +64,18 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--strict", action="store_true", help="refuse to start when any unit has an error"
     )
+    serve.add_argument(
+        "--daemon",
+        action="store_true",
+        help="detach from the terminal once serving (the command exits 0 when every socket "
+        "listens, or with the error); logs go to [log] target (syslog if that is stderr)",
+    )
+    serve.add_argument(
+        "--pidfile",
+        metavar="PATH",
+        help="with --daemon: the pidfile, locked while the daemon runs (default: "
+        "/run/activator/activator.pid)",
+    )
     run = sub.add_parser(
         "run",
         help="run one command as a transient service, in the same sandbox as a connection",
@@ -100,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
         help="daemon settings, for the pool (default: /etc/activator/activator.toml if it exists)",
     )
     run.add_argument("argv", nargs=argparse.REMAINDER, metavar="CMD [ARGS...]")
+    ctl.add_parsers(sub)
     return parser
 
 
@@ -132,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args, sys.stderr)
         if args.command == "serve":
             return _serve(args, sys.stderr)
+        if args.command in ctl.COMMANDS:
+            return ctl.run(args, sys.stdout, sys.stderr)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `activator check | head`: the reader is gone, as for any filter
@@ -146,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace, err: TextIO) -> int:
-    from activator import daemon  # trio and the sandbox: not needed by `check`
+    from activator import daemon, detach, logs  # trio and the sandbox: not needed by `check`
 
     problems: list[Problem] = []
     try:
@@ -160,7 +175,25 @@ def _serve(args: argparse.Namespace, err: TextIO) -> int:
     if os.geteuid() != 0:
         print("activator: serve needs root (namespaces, mounts and UIDs of the pool)", file=err)
         return 1
-    return daemon.serve(settings, settings.units.directories, strict=args.strict)
+    pidfile: str | None = None
+    if args.pidfile is not None and not args.daemon:
+        print("activator: --pidfile needs --daemon", file=err)
+        return 2
+    if args.daemon:
+        pidfile = os.path.abspath(args.pidfile or detach.DEFAULT_PIDFILE)
+        if settings.log.target == "stderr":  # /dev/null once detached
+            print("activator: warning: --daemon: [log] target is stderr: using syslog", file=err)
+            settings = attrs.evolve(settings, log=attrs.evolve(settings.log, target="syslog"))
+    try:
+        return daemon.serve(
+            settings, settings.units.directories, strict=args.strict, pidfile=pidfile
+        )
+    except logs.LogTargetError as error:
+        print(f"activator: {error}", file=err)
+        return 2
+    except detach.DaemonError as error:
+        print(f"activator: {error}", file=err)
+        return 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,7 +457,12 @@ def _describe(loaded: Loaded, catalog: Catalog) -> str:
             f"  listens on {text}: {_listen_meaning(x, unit)}"
             for text, x in zip(_listen_text(unit), unit.listen, strict=True)
         ]
-        if unit.accept:
+        if unit.accept and unit.activates.instance:
+            lines.append(
+                f"  Accept=yes: each connection runs {unit.activates.name}, as that instance's "
+                f"own user (at most {unit.max_connections} at once)"
+            )
+        elif unit.accept:
             lines.append(
                 f"  Accept=yes: each connection starts an instance of {unit.activates.name} "
                 f"(at most {unit.max_connections} at once)"

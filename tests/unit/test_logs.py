@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
+import os
+import socket
+import stat
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +76,111 @@ def test_plain_lines_name_warnings_and_hide_debug(
     logger.info("fine")
     logger.debug("noise")
     assert stream.getvalue().splitlines() == ["activator: warning: careful", "activator: fine"]
+
+
+# --- targets: a real file and a real syslog socket ----------------------------------------------
+
+
+@pytest.fixture
+def restored() -> Iterator[None]:
+    """The ``activator`` logger as it was, after a test that configures real targets (whose
+    handlers are closed, so no file or socket is left open)."""
+    root = logging.getLogger("activator")
+    saved = (list(root.handlers), root.level, root.propagate)
+    yield
+    for handler in root.handlers:
+        if handler not in saved[0]:
+            handler.close()
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+    root.propagate = saved[2]
+
+
+def test_a_file_target_is_appended_to_created_0640_and_reopened_after_logrotate_moves_it(
+    restored: None, tmp_path: Path
+) -> None:
+    path = tmp_path / "activator.log"
+    path.write_text("earlier line\n", encoding="utf-8")
+    logger = logging.getLogger("activator.test")
+    logs.configure(LogFormat.PLAIN, target=str(path))
+    logger.info("first")
+    assert path.read_text(encoding="utf-8") == "earlier line\nactivator: first\n"
+    path.rename(tmp_path / "activator.log.1")  # what logrotate does, then no signal at all
+    logger.info("second")
+    assert path.read_text(encoding="utf-8") == "activator: second\n"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert (tmp_path / "activator.log.1").read_text(encoding="utf-8").endswith("first\n")
+    path.unlink()  # removed outright: made again
+    logger.warning("third")
+    assert path.read_text(encoding="utf-8") == "activator: warning: third\n"
+
+
+def test_a_file_target_that_cannot_be_opened_is_an_error_naming_it(
+    restored: None, tmp_path: Path
+) -> None:
+    target = str(tmp_path / "missing" / "activator.log")
+    with pytest.raises(logs.LogTargetError) as caught:
+        logs.configure(LogFormat.PLAIN, target=target)
+    assert str(caught.value) == f"[log] target {target!r}: open: No such file or directory"
+
+
+def test_syslog_gets_facility_daemon_the_level_and_the_activator_tag(
+    restored: None, tmp_path: Path
+) -> None:
+    address = str(tmp_path / "log")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslogd:
+        syslogd.bind(address)
+        syslogd.settimeout(5)
+        logger = logging.getLogger("activator.test")
+        for log_format in LogFormat:
+            logs.configure(log_format, target="syslog", syslog_address=address)
+            logger.error("broken")
+            logger.info("fine\nsecond line")
+            error, info = syslogd.recv(4096).decode(), syslogd.recv(4096).decode()
+            tag = f"activator[{os.getpid()}]: "
+            # <PRI> = facility daemon (3) * 8 + severity (err 3, info 6)
+            assert error.startswith(f"<27>{tag}")
+            assert info.startswith(f"<30>{tag}")
+            if log_format is LogFormat.PLAIN:
+                assert error == f"<27>{tag}error: broken"
+                assert info == f"<30>{tag}fine\\nsecond line"
+            else:
+                assert json.loads(info.removeprefix(f"<30>{tag}"))["message"] == "fine\nsecond line"
+        (handler,) = logging.getLogger("activator").handlers
+        assert isinstance(handler, logs.SyslogHandler)
+        assert logs.descriptors() == [handler.socket.fileno()]
+
+
+def test_syslog_that_is_not_listening_is_an_error_at_start(restored: None, tmp_path: Path) -> None:
+    address = str(tmp_path / "no-syslog")
+    with pytest.raises(logs.LogTargetError) as caught:
+        logs.configure(LogFormat.PLAIN, target="syslog", syslog_address=address)
+    assert str(caught.value) == (
+        f"[log] target 'syslog': syslog at {address}: No such file or directory"
+    )
+
+
+def test_syslog_never_blocks_a_full_queue_drops_lines_and_says_how_many(
+    restored: None, tmp_path: Path
+) -> None:
+    address = str(tmp_path / "log")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as syslogd:
+        syslogd.bind(address)
+        logger = logging.getLogger("activator.test")
+        logs.configure(LogFormat.PLAIN, target="syslog", syslog_address=address)
+        # Nobody reads: the queue fills (a few hundred datagrams) and sending must not block.
+        for n in range(5000):
+            logger.info("line %d", n)
+        handler = logging.getLogger("activator").handlers[0]
+        assert isinstance(handler, logs.SyslogHandler)
+        dropped = handler.dropped
+        assert dropped > 0
+        syslogd.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                syslogd.recv(4096)
+        logger.info("after")
+        syslogd.settimeout(5)
+        lost, after = syslogd.recv(4096).decode(), syslogd.recv(4096).decode()
+        assert lost.endswith(f"warning: {dropped} log lines lost: the syslog socket was full")
+        assert after.endswith("]: after")
