@@ -115,14 +115,21 @@ class Commands:
         await trio.lowlevel.checkpoint()
         now = time.time()
         rows = []
+        holders: dict[int, list[str]] = {}
+        for invocation, live in self.manager.live.items():
+            if live.uid is not None:
+                holders.setdefault(live.uid, []).append(invocation)
         for lease in sorted(self.leases.pool.leased.values(), key=lambda lease: lease.uid):
-            live = self.manager.live.get(lease.invocation)
+            # A shared lease: its live holders (the one that made it may be gone).
+            invocations = holders.get(lease.uid) or [lease.invocation]
+            first = self.manager.live.get(invocations[0])
             rows.append({
                 "uid": lease.uid,
                 "user": lease.user,
                 "unit": lease.unit,
-                "invocation": lease.invocation,
-                "peer": None if live is None else describe_peer(live.peer),
+                "invocation": invocations[0],
+                "invocations": invocations,
+                "peer": None if first is None else describe_peer(first.peer),
                 "started": lease.started,
                 "seconds": max(0.0, now - lease.started),
                 "holders": self.leases.holders(lease.uid),
@@ -162,8 +169,9 @@ class Commands:
             services[name] = "running"
         for name in self.enabled - listed:
             if name.endswith(".socket"):
+                state_text = "failed" if name in manager.errors else "inactive"
                 rows.append({
-                    "unit": name, "kind": "socket", "state": "failed", "enabled": True,
+                    "unit": name, "kind": "socket", "state": state_text, "enabled": True,
                     "listen": [], "activates": None, "accepted": 0, "active": 0,
                 })  # fmt: skip
             else:
@@ -193,6 +201,7 @@ class Commands:
 
     async def enable(self, args: Mapping[str, object]) -> object:
         now = _flag(args, "now")
+        self._resolve(_text(args, "unit"))  # a name that can never be enabled: no reload
         await self.manager.reload()
         name = self._resolve(_text(args, "unit"))
         self._check_loads(name)
@@ -230,6 +239,10 @@ class Commands:
 
     async def restart(self, args: Mapping[str, object]) -> object:
         name = self._name(_text(args, "unit"))
+        serving = self.manager.connection_socket(name)
+        if serving is not None:  # refused before any of its connections is stopped
+            msg = f"{name} runs once per connection of {serving}: restart {serving} instead"
+            raise ControlError(msg)
         await self.manager.stop(name)
         await self.manager.start(name)
         return {"restarted": [name]}
@@ -244,7 +257,7 @@ class Commands:
         name is taken as written (``.service`` when it has no type)."""
         if "@" in text and not text.endswith("@"):
             return self._resolve(text).name
-        return text if "." in text else f"{text}.service"
+        return text if text.endswith((".service", ".socket")) else f"{text}.service"
 
     def _check_loads(self, name: UnitName) -> None:
         """Refuse to enable what cannot run: a template that is missing or broken."""

@@ -25,6 +25,11 @@ from activator.units import UnitName, parse_unit_name
 
 #: The unit types an enabled instance may have.
 _SUFFIXES = ("socket", "service")
+#: systemd's other unit types: a name ending in one is not a customer named "alice.timer".
+_OTHER_TYPES = tuple(
+    f".{t}" for t in ("target", "timer", "path", "mount", "automount", "swap", "slice", "scope",
+                      "device")
+)  # fmt: skip
 
 
 class InstanceError(Exception):
@@ -33,19 +38,24 @@ class InstanceError(Exception):
 
 def resolve(text: str, catalog: Catalog | None, *, known: Iterable[str] = ()) -> UnitName:
     """The instance unit ``text`` names: ``foobar@alice.socket`` as written; ``foobar@alice``
-    without a type is the socket when a socket template ``foobar@.socket`` exists (or that
-    socket is in ``known``, the enabled names), else the service.
+    (or ``foobar@example.com``) without a type is the socket when a socket template
+    ``foobar@.socket`` exists (or that socket is in ``known``, the enabled names), else the
+    service.
 
     Raises:
         InstanceError: not a unit name, not an instance of a template, or a type other than
             socket and service.
     """
+    if text.endswith(_OTHER_TYPES):
+        msg = f"{text}: only .socket and .service units are enabled, started or stopped"
+        raise InstanceError(msg)
+    typed = text.endswith(tuple(f".{suffix}" for suffix in _SUFFIXES))
     try:
-        name = parse_unit_name(text if "." in text else f"{text}.socket")
+        name = parse_unit_name(text if typed else f"{text}.socket")
     except ValueError as error:
         msg = f"{text}: {error}"
         raise InstanceError(msg) from error
-    if "." not in text:
+    if not typed:
         socket_template = name.template.name if name.instance else None
         has_socket = (
             catalog is not None and socket_template in catalog.templates

@@ -118,6 +118,8 @@ class Runtime:
         on_started: called with (unit, invocation, spawn seconds) once a handler runs.
         on_finished: called with every :class:`Outcome`.
         on_chown: called with what each directories step did (skipped or not).
+        runtime_directories: the services whose runtime directories the last holder of a shared
+            lease removes, by UID (one per distinct set of directories).
     """
 
     spawner: Spawner
@@ -131,6 +133,9 @@ class Runtime:
     on_started: Callable[[str, str, float], None] | None = None
     on_finished: Callable[[Outcome], None] | None = None
     on_chown: Callable[[directories.ChownStats], None] | None = None
+    runtime_directories: dict[int, dict[tuple[object, ...], ServiceUnit]] = attrs.field(
+        factory=dict
+    )
 
 
 class _Failed(Exception):
@@ -453,17 +458,35 @@ async def _teardown(
 ) -> None:
     """Kill and drain the cgroup, remove runtime directories, clear the UID's kernel keys, then
     release the lease. Of a lease shared with invocations still running (one customer's
-    concurrent connections), only the cgroup goes: its last holder does the rest."""
+    concurrent connections), only the cgroup goes: its last holder does the rest, the runtime
+    directories of every holder included."""
     if cgroup is not None:
-        await _patiently(unit, teardown.kill_and_wait, runtime.cgroups, cgroup)
+        try:
+            await _patiently(unit, teardown.kill_and_wait, runtime.cgroups, cgroup)
+        except BaseException:
+            if lease is not None:  # something of it may live on: its UID is never released
+                runtime.leases.give_up(lease)
+            raise
         how = "cgroup" if how == "never ran" else f"{how} and cgroup"
-    shared = lease is not None and runtime.leases.holders(lease.uid) > 1
-    if service.runtime_directory and not shared:
-        await _patiently(unit, _remove_runtime_directories, service)
+    services = [service] if service.runtime_directory else []
     if lease is not None:
-        if not shared:
+        pending = runtime.runtime_directories.setdefault(lease.uid, {})
+        for each in services:
+            pending[each.runtime_directory, each.runtime_directory_preserve] = each
+        if not runtime.leases.detach(lease, None if cgroup is None else cgroup.name):
+            return  # a shared lease: the invocations still holding it keep its user as it is
+        services = list(runtime.runtime_directories.pop(lease.uid, {}).values())
+    released = False
+    try:
+        for each in services:
+            await _patiently(unit, _remove_runtime_directories, each)
+        if lease is not None:
             await _patiently(unit, _clear_keys, runtime, lease.uid, unit)
-        await _patiently(unit, runtime.leases.release, lease, Vacated(lease.uid, how))
+            await _patiently(unit, runtime.leases.release, lease, Vacated(lease.uid, how))
+            released = True
+    finally:
+        if lease is not None and not released:
+            runtime.leases.give_up(lease)
 
 
 async def _remove_runtime_directories(service: ServiceUnit) -> None:

@@ -114,10 +114,21 @@ class LeaseService:
     clock: Callable[[], float] = time.time
     pool: Pool = attrs.field(init=False)
     _locks: dict[int, uidstore.LeaseLock] = attrs.field(init=False, factory=dict)
+    #: Shareable leases by their share key (``unit:NAME`` or ``user:NAME``, see :meth:`acquire`).
+    _shared: dict[str, int] = attrs.field(init=False, factory=dict)
+    #: The share key of each shareable lease, by UID.
+    _share_keys: dict[int, str] = attrs.field(init=False, factory=dict)
     #: How many invocations hold each shared lease (absent: one).
     _holders: dict[int, int] = attrs.field(init=False, factory=dict)
-    #: Leases whose last holder is tearing down: set when the UID is released (or given up on).
-    _releasing: dict[int, trio.Event] = attrs.field(init=False, factory=dict)
+    #: The cgroups of each lease's live holders, in the order they came (the lease file names
+    #: them all, so crash recovery kills exactly those).
+    _cgroups: dict[int, list[str]] = attrs.field(init=False, factory=dict)
+    #: Share keys whose last holder is tearing down, set once the UID is released (or kept).
+    _closing: dict[str, trio.Event] = attrs.field(init=False, factory=dict)
+    #: UIDs being released by their last holder, with their share key (None: not shareable).
+    _releasing: dict[int, str | None] = attrs.field(init=False, factory=dict)
+    #: Leases kept for good (a teardown failed): never shared, never released before a restart.
+    _broken: set[int] = attrs.field(init=False, factory=set)
     _waiters: collections.deque[_Waiter] = attrs.field(init=False, factory=collections.deque)
     #: The waiters of ``_waiters`` that are not done (the queue's length, for its bound).
     _live_waiters: int = attrs.field(init=False, default=0)
@@ -213,27 +224,23 @@ class LeaseService:
             user: the user name (``User=`` with DynamicUser); None names it after the unit.
             per_connection: add a short unique suffix to the name (Accept=yes invocations).
             state_owner: the UID owning the service's state directory, preferred when free.
-            share: when a live lease already has this user name, hold it too (as systemd's
-                units that name one dynamic user share its UID) instead of taking a new UID
-                under a suffixed name; the UID is released when its last holder releases it.
+            share: hold the live lease of the same unit (or, with ``user``, of the same
+                ``User=``) too, as systemd's units that name one dynamic user share its UID,
+                instead of taking a new UID under a suffixed name; the UID is released when its
+                last holder releases it. Only leases made with ``share`` are shared: a name
+                that meets another unit's (``foo-bar@baz``, ``foo@bar-baz``) gets a suffix.
 
         Raises:
             PoolExhausted: no UID, by the policy.
         """
         if not self._ready.is_set():
             await self._ready.wait()
+        key = None
         if share and not per_connection:
-            name = user if user is not None else user_name(unit)
-            while (held := self.pool.lease_by_user(name)) is not None:
-                releasing = self._releasing.get(held.uid)
-                if releasing is None:
-                    self._holders[held.uid] = self._holders.get(held.uid, 1) + 1
-                    self.allocations["shared"] += 1
-                    return held
-                # Its last holder is tearing it down: the UID is free again in a moment.
-                await releasing.wait()
-                if held.uid in self.pool.leased:  # its teardown failed: the UID stays out
-                    break
+            key = f"user:{user}" if user is not None else f"unit:{unit}"
+            while (closing := self._closing.get(key)) is not None:
+                # Its last holder is tearing it down: wait, then lease the UID afresh.
+                await closing.wait()
         started = time.perf_counter()
         deadline = trio.current_time() + self.wait_timeout
         queued: _Waiter | None = None
@@ -241,9 +248,16 @@ class LeaseService:
             while True:
                 # FIFO: a newcomer takes a UID only when no one waits; a UID released while
                 # invocations wait is theirs, even before the woken one runs.
+                if key is not None and (held := self._shared.get(key)) is not None:
+                    self._holders[held] = self._holders.get(held, 1) + 1
+                    self.allocations["shared"] += 1
+                    return self.pool.leased[held]
                 if queued is not None or self._live_waiters == 0:
                     lease = self._try_acquire(unit, invocation, user, per_connection, state_owner)
                     if lease is not None:
+                        if key is not None:
+                            self._shared[key] = lease.uid
+                            self._share_keys[lease.uid] = key
                         seconds = time.perf_counter() - started
                         self.allocations[lease.source.value] += 1
                         if self.on_allocated is not None:
@@ -334,9 +348,14 @@ class LeaseService:
         self._fail("names", f"no free user name for {unit}")
 
     def record_cgroup(self, lease: Lease, cgroup: str) -> Lease:
-        """Write the invocation's cgroup into the lease file, for crash recovery (a shared
-        lease names its latest holder's; recovery kills every cgroup of the lease's unit)."""
-        updated = attrs.evolve(lease, cgroup=cgroup)
+        """Add the invocation's cgroup to the lease file, for crash recovery. A shared lease's
+        record names every live holder's cgroup, one per line."""
+        names = self._cgroups.setdefault(lease.uid, [])
+        names.append(cgroup)
+        return self._write_cgroups(lease, names)
+
+    def _write_cgroups(self, lease: Lease, names: list[str]) -> Lease:
+        updated = attrs.evolve(lease, cgroup="\n".join(names) or None)
         uidstore.update(self._locks[lease.uid], updated.to_record())
         return updated
 
@@ -354,11 +373,8 @@ class LeaseService:
             raise ValueError(msg)
         if lease.uid not in self._releasing and not self.detach(lease):
             return  # a shared lease: its other holders still run
-        try:
-            await self._release(lease)
-        finally:
-            # Released, or kept for good (its teardown failed): no one waits on it any more.
-            self._releasing.pop(lease.uid).set()
+        await self._release(lease)
+        self._settle(lease.uid)
 
     async def _release(self, lease: Lease) -> None:
         removed = await trio.to_thread.run_sync(uidstore.remove_ipc, lease.uid)
@@ -366,30 +382,58 @@ class LeaseService:
             logger.info("removed %d IPC objects of UID %d (%s)", removed, lease.uid, lease.user)
         lock = self._locks.pop(lease.uid)
         uidstore.release(lock)
+        self._cgroups.pop(lease.uid, None)
         self.pool.release(lease.uid, trio.current_time())
         self._wake_waiters()
         if self.reuse_delay > 0:
             self._wake_checker.set()  # the background loop sleeps until the UID has rested
 
-    def detach(self, lease: Lease) -> bool:
-        """Leave a lease whose invocation is over (its processes are gone): True for its last
-        holder, which must then finish the teardown (keys, runtime directories) and
-        :meth:`release` it; no one shares it from now on. False when other holders go on with
-        it (nothing more to do)."""
-        holders = self._holders.get(lease.uid, 1)
-        if holders > 1:
-            if holders == 2:
-                del self._holders[lease.uid]
+    def detach(self, lease: Lease, cgroup: str | None = None) -> bool:
+        """Leave a lease whose invocation is over (every process of its cgroup, ``cgroup``, is
+        gone).
+
+        Returns:
+            True for the last holder, which must then finish the teardown (keys, runtime
+            directories) and :meth:`release` it, or :meth:`give_up`; no one shares the lease
+            from now on (a newcomer waits for the release). False when other holders go on with
+            it, or the lease is kept for good: nothing more to do.
+        """
+        uid = lease.uid
+        if cgroup is not None and cgroup in (names := self._cgroups.get(uid, [])):
+            names.remove(cgroup)
+            if uid in self._locks:
+                self._write_cgroups(lease, names)
+        holders = self._holders.get(uid, 1)
+        if holders > 1 or uid in self._broken:
+            if holders <= 2:
+                self._holders.pop(uid, None)
             else:
-                self._holders[lease.uid] = holders - 1
+                self._holders[uid] = holders - 1
             return False
-        self._releasing.setdefault(lease.uid, trio.Event())
+        key = self._share_keys.pop(uid, None)
+        if key is not None:
+            del self._shared[key]
+            self._closing[key] = trio.Event()
+        self._releasing[uid] = key
         return True
 
     def give_up(self, lease: Lease) -> None:
-        """The last holder's teardown failed: the lease is kept for good (a restart reclaims
-        it); invocations waiting to share its user take a UID of their own."""
-        self._releasing.setdefault(lease.uid, trio.Event()).set()
+        """A teardown of the lease failed: it is kept for good (never shared again, never
+        released before a restart, which reclaims it); invocations waiting for it lease a UID
+        of their own."""
+        uid = lease.uid
+        self._broken.add(uid)
+        key = self._share_keys.pop(uid, None)
+        if key is not None:
+            del self._shared[key]
+        self._settle(uid)
+
+    def _settle(self, uid: int) -> None:
+        """The release of ``uid`` by its last holder is over (done, or given up)."""
+        if uid in self._releasing:
+            key = self._releasing.pop(uid)
+            if key is not None:
+                self._closing.pop(key).set()
 
     def holders(self, uid: int) -> int:
         """How many invocations hold the lease of ``uid`` (0 when it is not leased)."""

@@ -111,18 +111,13 @@ def reclaim(cgroups: teardown.Cgroups, spawner: Spawner, record: dict[str, objec
     the pool: its probe reports them."""
     if record is None:
         return
-    name = record.get("cgroup")
-    unit = record.get("unit")
-    # A shared lease names only its latest holder's cgroup: every cgroup of its unit goes.
-    unit_dir = f"{teardown.escape_cgroup_name(unit)}/" if isinstance(unit, str) else None
-    if isinstance(name, str):
+    recorded = record.get("cgroup")
+    if isinstance(recorded, str):
+        # The record names the cgroup of each holder (unit/invocation), one per line; older
+        # records held its first path.
+        names = set(recorded.split("\n"))
         for cgroup in cgroups.leftovers():
-            # The record names the cgroup (unit/invocation); older records held its first path.
-            if (
-                name == cgroup.name
-                or name in cgroup.paths
-                or (unit_dir is not None and cgroup.name.startswith(unit_dir))
-            ):
+            if cgroup.name in names or names.intersection(cgroup.paths):
                 trio.from_thread.run(teardown.kill_and_wait, cgroups, cgroup)
     uid = record.get("uid")
     if not isinstance(uid, int) or isinstance(uid, bool):

@@ -104,6 +104,8 @@ class Manager:
         #: Socket instances of templates that listen besides the socket units of the catalog.
         self.instances: set[str] = {n for n in enabled if n.endswith(".socket")}
         self._enabled_services = [n for n in enabled if n.endswith(".service")]
+        #: Why each socket unit left out by the last apply could not run (its one-line error).
+        self.errors: dict[str, str] = {}
 
     # --- the whole life ------------------------------------------------------------------------
 
@@ -234,6 +236,9 @@ class Manager:
         if self.draining:  # nothing may bind or listen again once a drain began
             msg = "activator is stopping: not reloading"
             raise ManagerError(msg)
+        if not self.serving:  # serve() applies the units itself, and its loops run them
+            msg = "activator is not serving yet: try again in a moment"
+            raise ManagerError(msg)
         listener.notify("RELOADING=1")
         try:
             try:
@@ -270,12 +275,14 @@ class Manager:
             if isinstance(loaded.unit, SocketUnit)
         }
         unloadable = set(catalog.failed)
+        self.errors = {}
         for name in sorted(self.instances - wanted.keys()):
             try:
                 wanted[name] = _instance_socket(catalog, name)
             except ManagerError as error:
                 logger.error("%s", error)
                 unloadable.add(name)
+                self.errors[name] = str(error)
         added: list[str] = []
         removed: list[str] = []
         changed: list[str] = []
@@ -329,6 +336,7 @@ class Manager:
                     logger.error("%s", error)
                 else:
                     logger.exception("%s: making its sockets", name)
+                self.errors[name] = str(error)
                 (changed if old is not None else added).remove(name)
                 failed.append(name)
                 if old is not None:  # the previous version goes on: its sockets, or new ones
@@ -425,6 +433,8 @@ class Manager:
                     self._inherited.append((sock, None))
                 else:
                     _close(sock)
+                    if _path(spec) is not None:  # made by this bind: not left behind
+                        listener.remove_socket_file(spec)
             raise
         return [(spec, sock) for spec, sock, _ in out]
 
@@ -829,6 +839,10 @@ class Manager:
             raise ManagerError(msg)
         if unit.suffix == "socket":
             return await self._start_socket(unit)
+        serving = self.connection_socket(name)
+        if serving is not None:
+            msg = f"{name} runs once per connection of {serving}: start or stop {serving} instead"
+            raise ManagerError(msg)
         for state in self.sockets.values():
             if not state.unit.accept and state.unit.activates.name == name:
                 if state.service is not None:
@@ -890,6 +904,14 @@ class Manager:
             await live.finished.wait()
         return stopped or bool(serving)
 
+    def connection_socket(self, service: str) -> str | None:
+        """The listening socket unit whose every connection runs ``service`` (a customer's
+        ``Accept=yes`` socket instance), if any."""
+        for name, state in self.sockets.items():
+            if state.unit.accept and state.unit.activates.name == service:
+                return name
+        return None
+
     async def _start_socket(self, unit: UnitName) -> bool:
         name = unit.name
         if name in self.sockets:
@@ -906,19 +928,20 @@ class Manager:
             report = await self._apply_again()
         if name not in self.sockets:
             self.instances.discard(name)
-            msg = f"{name}: cannot listen: " + (", ".join(report.failed) or "see the log")
+            why = self.errors.get(name) or ", ".join(report.failed) or "see the log"
+            msg = f"{name}: cannot listen: {why}"
             raise ManagerError(msg)
         return True
 
     async def _stop_socket(self, unit: UnitName) -> bool:
         name = unit.name
-        if name not in self.instances:
-            if name in self.sockets:
-                msg = f"{name}: a socket unit of the units directories: remove its file and "
-                msg += "reload to stop it"
-                raise ManagerError(msg)
-            return False
         async with self._reloading:
+            if name not in self.instances:
+                if name in self.sockets:
+                    msg = f"{name}: a socket unit of the units directories: remove its file and "
+                    msg += "reload to stop it"
+                    raise ManagerError(msg)
+                return False
             self.instances.discard(name)
             await self._apply_again()
         return True
@@ -1002,7 +1025,8 @@ def _services(catalog: Catalog) -> dict[str, ServiceUnit]:
 
 
 def _unit_name(text: str) -> UnitName:
-    return parse_unit_name(text if "." in text else f"{text}.service")
+    """A unit name; without a type it is a service (``foo@example.com`` too, as systemctl)."""
+    return parse_unit_name(text if text.endswith((".service", ".socket")) else f"{text}.service")
 
 
 def _parse(text: str) -> UnitName:

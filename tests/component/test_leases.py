@@ -377,12 +377,44 @@ async def test_a_user_being_released_is_not_shared_but_leased_afresh_once_releas
         assert got[0].invocation == "b"
         assert got[0].uid == old.uid  # the name hash gives the same UID again
         assert leases.holders(old.uid) == 1
-        # A teardown that fails keeps the lease for good: waiters get a user of their own.
+        # A teardown that fails keeps the lease for good: the next one gets a user of its own,
+        # which later ones share (one replacement, not one UID per connection).
         assert leases.detach(got[0])
         leases.give_up(got[0])
         other = await leases.acquire("foo@alice.service", "c", share=True)
         assert other.uid != old.uid
         assert re.fullmatch(r"foo-[0-9a-f]{4}", other.user)
+        assert (await leases.acquire("foo@alice.service", "d", share=True)).uid == other.uid
+        # The kept lease is never released, even when its holder's release is tried.
+        await give_back(leases, got[0])
+        assert leases.user_by_uid(old.uid) is not None
+
+
+@root
+async def test_only_the_same_unit_shares_a_user_even_when_two_names_meet(tmp_path: Path) -> None:
+    leases = make(tmp_path, SMALL)
+    async with serving(leases):
+        # Different units whose user names meet (as in systemd) never share a UID.
+        one = await leases.acquire("shop@api-acme.service", "a", share=True)
+        two = await leases.acquire("shop-api@acme.service", "b", share=True)
+        assert one.user == "shop-api-acme"
+        assert re.fullmatch(r"shop-api-[0-9a-f]{4}", two.user)
+        assert one.uid != two.uid
+        # Nor does a customer whose name meets a connection's random user name.
+        anonymous = await leases.acquire("foo@1-x.service", "c", per_connection=True)
+        customer = anonymous.user.removeprefix("foo-")
+        mine = await leases.acquire(f"foo@{customer}.service", "d", share=True)
+        assert mine.uid != anonymous.uid
+        # A shared lease's file names every live holder's cgroup, for crash recovery.
+        again = await leases.acquire("shop@api-acme.service", "e", share=True)
+        assert again.uid == one.uid
+        leases.record_cgroup(one, "shop@api-acme.service/a")
+        leases.record_cgroup(again, "shop@api-acme.service/e")
+        record = json.loads((tmp_path / "uid" / str(one.uid)).read_text())
+        assert record["cgroup"] == "shop@api-acme.service/a\nshop@api-acme.service/e"
+        assert not leases.detach(one, "shop@api-acme.service/a")
+        record = json.loads((tmp_path / "uid" / str(one.uid)).read_text())
+        assert record["cgroup"] == "shop@api-acme.service/e"
 
 
 @root

@@ -4,9 +4,8 @@ enabled at runtime, a push and a clone, separate users and state, one customer d
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,15 +16,22 @@ from tests.integration.serving import Server, free_port
 pytestmark = pytest.mark.root
 
 EXAMPLE = Path(CHECKOUT) / "examples" / "per-customer" / "units"
-UNITS = {name: (EXAMPLE / name).read_text() for name in ("gitd@.socket", "gitd@.service")}
 
 
 @pytest.fixture
-def cleanup() -> Iterator[None]:
-    yield
-    shutil.rmtree("/var/lib/private/gitd", ignore_errors=True)
-    shutil.rmtree("/var/lib/gitd", ignore_errors=True)  # the public symlinks
-    shutil.rmtree("/run/activator-gitd", ignore_errors=True)
+def units(leaves_nothing: None, directory_name: Callable[[str], str]) -> tuple[dict[str, str], str]:
+    """The example's templates, with state and sockets under a name of this test's own (so that
+    it never touches the state of someone following the walk-through on this host); and that
+    name. Requested before ``server``: its clean-up runs after the server is stopped."""
+    name = directory_name("gitd")
+    texts = {}
+    for unit in ("gitd@.socket", "gitd@.service"):
+        text = (EXAMPLE / unit).read_text()
+        texts[unit] = text.replace("StateDirectory=gitd/", f"StateDirectory={name}/").replace(
+            "/run/activator-gitd/", f"/run/{name}/"
+        )
+    assert texts != {u: (EXAMPLE / u).read_text() for u in texts}
+    return texts, name
 
 
 def ctl(server: Server, *args: str) -> str:
@@ -47,9 +53,10 @@ def git(*args: str, cwd: Path | None = None) -> str:
 
 
 def test_two_customers_push_and_clone_each_as_their_own_user(
-    server: Callable[..., Server], tmp_path: Path, cleanup: None
+    units: tuple[dict[str, str], str], server: Callable[..., Server], tmp_path: Path
 ) -> None:
-    srv = server(UNITS)
+    texts, state = units
+    srv = server(texts)
     ports = {}
     for name in ("alice", "bob"):
         ports[name] = free_port()
@@ -68,7 +75,7 @@ def test_two_customers_push_and_clone_each_as_their_own_user(
     git("clone", "-q", alice, str(tmp_path / "clone"))
     assert "hello from alice" in git("log", "--oneline", cwd=tmp_path / "clone")
     assert git("ls-remote", bob) == ""  # bob's repository is his own, and empty
-    owners = {d.name: d.stat().st_uid for d in Path("/var/lib/private/gitd").iterdir()}
+    owners = {d.name: d.stat().st_uid for d in (Path("/var/lib/private") / state).iterdir()}
     assert set(owners) == {"alice", "bob"}
     assert owners["alice"] != owners["bob"]
     srv.wait_for(lambda _: any(e["user"] == "gitd-bob" for e in srv.invocations("gitd@")), 30)
@@ -83,5 +90,5 @@ def test_two_customers_push_and_clone_each_as_their_own_user(
     status = json.loads(ctl(srv, "status", "--json"))
     sockets = [(u["unit"], u["enabled"]) for u in status["units"] if u["kind"] == "socket"]
     assert sockets == [("gitd@alice.socket", True)]
-    assert not Path("/run/activator-gitd/bob.sock").exists()  # RemoveOnStop=yes
+    assert not Path(f"/run/{state}/bob.sock").exists()  # RemoveOnStop=yes
     assert srv.stop() == 0

@@ -1,16 +1,14 @@
-"""Which unit an ``activator enable NAME`` means, and the record of enabled instances."""
+"""Which unit an ``activator enable NAME`` means (pure)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from activator.catalog import Catalog, build_catalog
-from activator.instances import EnabledUnits, InstanceError, resolve
-from activator.units import UnitDirectory, UnitName, parse_unit_name
+from activator.instances import InstanceError, resolve
+from activator.units import UnitDirectory, UnitName
 
 SERVICE = b"[Service]\nExecStart=/bin/true\nDynamicUser=yes\n"
 SOCKET = b"[Socket]\nListenStream=/run/x/%i.sock\nAccept=yes\n"
@@ -40,7 +38,7 @@ def test_a_name_without_type_is_the_socket_when_a_socket_template_exists() -> No
         ("gitd", "not an instance of a template"),
         ("gitd@.socket", "not an instance of a template"),
         ("echo.socket", "not an instance of a template"),
-        ("gitd@alice.timer", "must end in .service or .socket"),
+        ("gitd@alice.timer", "only .socket and .service units"),
         ("gitd@a/b", "gitd@a/b: "),
         ("", ": "),
     ],
@@ -64,22 +62,3 @@ def test_any_text_resolves_to_an_instance_or_a_clear_refusal(text: str) -> None:
         assert isinstance(outcome, UnitName)
         assert outcome.is_instance
         assert outcome.suffix in ("socket", "service")
-
-
-def test_enabled_units_are_one_file_each_and_survive_a_new_reader(tmp_path: Path) -> None:
-    store = EnabledUnits(str(tmp_path / "enabled"))
-    assert store.load() == ([], [])  # no directory yet: none enabled
-    alice, bob = parse_unit_name("gitd@alice.socket"), parse_unit_name("job@bob.service")
-    assert store.add(alice)
-    assert not store.add(alice)  # already enabled
-    assert store.add(bob)
-    (tmp_path / "enabled" / "README").write_text("notes")
-    (tmp_path / "enabled" / ".hidden").write_text("")
-    names, warnings = EnabledUnits(str(tmp_path / "enabled")).load()
-    assert names == ["gitd@alice.socket", "job@bob.service"]
-    assert len(warnings) == 1
-    assert warnings[0].startswith(f"{tmp_path}/enabled/README: not a unit name (")
-    assert warnings[0].endswith("); ignored")
-    assert store.remove(alice)
-    assert not store.remove(alice)
-    assert store.load()[0] == ["job@bob.service"]
