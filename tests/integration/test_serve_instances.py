@@ -304,3 +304,34 @@ def test_the_control_socket_refuses_strangers_and_survives_garbage(
     assert status["pool"]["size"] == 65519 - 61184 + 1
     assert srv.stop() == 0
     assert not os.path.exists(control)
+
+
+def test_an_enabled_service_instance_runs_at_once_and_again_after_a_restart(
+    hosting: Hosting, server: Callable[..., Server]
+) -> None:
+    worker = (
+        f"[Service]\nDynamicUser=yes\nStateDirectory={hosting.state}/%i\n"
+        "ExecStart=/bin/sh -c 'echo started >> \"$STATE_DIRECTORY/log\"; exec sleep 600'\n"
+    )
+    first = server({"worker@.service": worker})
+    assert ok(first, "enable", "worker@nightly", "--now") == [
+        "enabled worker@nightly.service",
+        "started worker@nightly.service",
+    ]
+
+    def running(srv: Server) -> list[str]:
+        status = json.loads(ctl(srv, "status", "worker@nightly", "--json").stdout)
+        return [u["state"] for u in status["units"]]
+
+    first.wait_for(lambda _: hosting.boundary("nightly").joinpath("log").exists(), 30)
+    assert running(first) == ["running"]
+    assert first.stop() == 0  # stopped with the server (KillSignal=, as a drain does)
+    again = server({"worker@.service": worker}, directory=first.directory)
+    again.wait_for(
+        lambda _: hosting.boundary("nightly").joinpath("log").read_text().count("started") == 2,
+        30,
+    )
+    assert running(again) == ["running"]
+    assert ok(again, "stop", "worker@nightly") == ["stopped worker@nightly.service"]
+    assert running(again) == ["inactive"]
+    assert again.stop() == 0
