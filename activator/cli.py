@@ -76,6 +76,13 @@ def _parser() -> argparse.ArgumentParser:
         help="with --daemon: the pidfile, locked while the daemon runs (default: "
         "/run/activator/activator.pid)",
     )
+    serve.add_argument(
+        "--ready-timeout",
+        metavar="SECONDS",
+        type=float,
+        help="with --daemon: exit 1 when the daemon is not ready (every socket listening) "
+        "after this many seconds; it goes on starting (default: 90)",
+    )
     run = sub.add_parser(
         "run",
         help="run one command as a transient service, in the same sandbox as a connection",
@@ -179,6 +186,13 @@ def _serve(args: argparse.Namespace, err: TextIO) -> int:
     if args.pidfile is not None and not args.daemon:
         print("activator: --pidfile needs --daemon", file=err)
         return 2
+    if args.ready_timeout is not None and not args.daemon:
+        print("activator: --ready-timeout needs --daemon", file=err)
+        return 2
+    if args.ready_timeout is not None and not args.ready_timeout > 0:
+        print(f"activator: --ready-timeout must be above 0 (got {args.ready_timeout:g})", file=err)
+        return 2
+    ready_timeout = args.ready_timeout or detach.DEFAULT_READY_TIMEOUT
     if args.daemon:
         pidfile = os.path.abspath(args.pidfile or detach.DEFAULT_PIDFILE)
         if settings.log.target == "stderr":  # /dev/null once detached
@@ -186,7 +200,11 @@ def _serve(args: argparse.Namespace, err: TextIO) -> int:
             settings = attrs.evolve(settings, log=attrs.evolve(settings.log, target="syslog"))
     try:
         return daemon.serve(
-            settings, settings.units.directories, strict=args.strict, pidfile=pidfile
+            settings,
+            settings.units.directories,
+            strict=args.strict,
+            pidfile=pidfile,
+            ready_timeout=ready_timeout,
         )
     except logs.LogTargetError as error:
         print(f"activator: {error}", file=err)

@@ -8,19 +8,24 @@ connection; each is answered in order. :func:`serve_control` is the server (on t
 the caller's ``dispatch`` function; this module only moves requests and replies.
 
 Rule 1: only root and members of the configured group may talk to the server. The check is made
-once per connection, at accept, on ``SO_PEERCRED``: the peer's UID, its GID and its supplementary
-groups (``/proc/PID/status``). Anyone else gets one reply line saying why, and the connection is
-closed. The socket file is mode 0666 so that the refusal can be read.
+once per connection, at accept, on the event loop, on what the kernel recorded at connect time:
+the peer's UID and GID (``SO_PEERCRED``) and its supplementary groups (``SO_PEERGROUPS``), never
+``/proc`` (a PID can be reused by then). The group's GID is looked up once, when the server
+starts. Anyone else gets one reply line saying why, and the connection is closed. The socket
+file is mode 0666 so that the refusal can be read.
 
 Rule 2: nothing a client sends hurts the server or another client. A malformed request gets an
 error reply and the connection stays usable; a request line longer than :data:`MAX_REQUEST` bytes
 gets an error reply and the connection is closed (the server never holds more than that of a
 client's input). A client idle for ``idle_timeout`` seconds (no complete request, or a reply it
-does not take) is closed; a command that takes long is not idleness. At most ``max_clients``
-clients are served at once; one more gets an error line and is closed at once. A reply before a
-close is the client's to read: the server shuts its side down and discards the client's input
-for a moment first (a Unix socket closed with input unread resets the connection, and a client
-still writing, such as socat, would lose the reply).
+does not take) is closed; a command that takes long is not idleness. Every accepted connection
+counts: at most ``max_clients`` are served at once, and at most :data:`MAX_REFUSED` more are
+being refused (one more gets an error line and is closed at once); past both, a connection is
+closed unanswered, unread. A refusal is logged once per :data:`REFUSAL_LOG_INTERVAL` seconds at
+most, with the number of those not logged: anyone may connect, and no one may flood the log. A
+reply before a close is the client's to read: the server shuts its side down and discards the
+client's input for a moment first (a Unix socket closed with input unread resets the
+connection, and a client still writing, such as socat, would lose the reply).
 
 Rule 3: each request is its own error boundary. A :class:`ControlError` from ``dispatch`` is an
 error reply with its text; any other exception is the reply ``internal error: ...`` and a logged
@@ -44,6 +49,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Final, NoReturn
 
+import attrs
 import trio
 
 from activator.errors import ActivatorError
@@ -52,6 +58,7 @@ from activator.sockfile import (
     SocketFileInUse,
     bind_socket_file,
     peer_credentials,
+    peer_groups,
     receive_until,
     remove_socket_file,
 )
@@ -64,6 +71,11 @@ MAX_REQUEST: Final = 64 * 1024
 MAX_CLIENTS: Final = 64
 #: Seconds a client may stay idle (no complete request, or a reply not taken) before it is closed.
 IDLE_TIMEOUT: Final = 60.0
+#: How many connections are given their refusal at once (each for up to a second); past that,
+#: and past ``max_clients``, a connection is closed unanswered.
+MAX_REFUSED: Final = 8
+#: Refusals are logged once per this many seconds at most.
+REFUSAL_LOG_INTERVAL: Final = 10.0
 
 #: The commands the CLI sends, each with the ``args`` keys it carries (docs: activator/ctl.py).
 COMMANDS: Final = (
@@ -177,35 +189,57 @@ def _json_type(value: object) -> str:
 # --- who may talk -----------------------------------------------------------------------------
 
 
-def _groups_of(pid: int) -> set[int]:
-    """The supplementary groups of a process, from ``/proc/PID/status``; empty if it is gone."""
+def group_id(group: str) -> int | None:
+    """The GID of ``group``; None for ``""`` (root only) or a group that does not exist (logged:
+    then only root may use the socket). Blocking (the group database): once, at start."""
+    if not group:
+        return None
     try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as file:
-            for line in file:
-                if line.startswith("Groups:"):
-                    return {int(word) for word in line.split()[1:]}
-    except (OSError, ValueError):
-        pass
-    return set()
+        return grp.getgrnam(group).gr_gid
+    except KeyError:
+        logger.warning("control socket: group %r does not exist; only root may use it", group)
+        return None
 
 
-def refusal(peer: PeerCredentials, group: str) -> str | None:
-    """Why peer may not use the control socket, or None when it may (Rule 1).
+def refusal(
+    peer: PeerCredentials, groups: frozenset[int] | None, group: str, gid: int | None
+) -> str | None:
+    """Why peer may not use the control socket, or None when it may (Rule 1). Pure.
 
-    It reads the group database and ``/proc``: call it from a worker thread.
+    Args:
+        peer: the peer's credentials (``SO_PEERCRED``).
+        groups: its supplementary groups (``SO_PEERGROUPS``); None when it has too many to read.
+        group: the configured group's name (``""``: root only).
+        gid: that group's GID (:func:`group_id`); None when it does not exist.
     """
     if peer.uid == 0:
         return None
     if not group:
         return f"permission denied: UID {peer.uid} is not root"
-    try:
-        gid = grp.getgrnam(group).gr_gid
-    except KeyError:
-        logger.warning("control socket: group %r does not exist; only root may use it", group)
-    else:
-        if peer.gid == gid or gid in _groups_of(peer.pid):
-            return None
-    return f"permission denied: UID {peer.uid} is not root and not in group {group!r}"
+    if gid is not None and (peer.gid == gid or (groups is not None and gid in groups)):
+        return None
+    why = f"permission denied: UID {peer.uid} is not root and not in group {group!r}"
+    if groups is None and gid is not None:
+        why += " (it has too many supplementary groups to check; make it the primary group)"
+    return why
+
+
+@attrs.define
+class _RefusalLog:
+    """Logs a refusal at most once per ``interval`` seconds, with how many were not logged."""
+
+    interval: float = REFUSAL_LOG_INTERVAL
+    _next: float = -math.inf
+    _quiet: int = 0
+
+    def refused(self, pid: int, why: str) -> None:
+        now = trio.current_time()
+        if now < self._next:
+            self._quiet += 1
+            return
+        more = f" ({self._quiet} more refused since, not logged)" if self._quiet else ""
+        logger.info("control socket: refused PID %d: %s%s", pid, why, more)
+        self._next, self._quiet = now + self.interval, 0
 
 
 # --- the server -------------------------------------------------------------------------------
@@ -285,7 +319,7 @@ async def serve_control(
         group: the group whose members may use it besides root; ``""`` means root only.
         dispatch: answers each well-formed request of an allowed client.
         idle_timeout: seconds a client may stay idle before it is closed.
-        max_clients: clients served at once; one more is refused.
+        max_clients: clients served at once; one more is refused (Rule 2).
         task_status: ``started()`` once the socket listens.
 
     Resource handling: creates the socket's directory (0755) if missing and leaves it, replaces a
@@ -298,6 +332,7 @@ async def serve_control(
         ControlSocketError: another server answers on path ("another activator serves PATH"),
             path is not a socket, or binding fails.
     """
+    gid = await trio.to_thread.run_sync(group_id, group)
     try:
         sock, identity = await bind_socket_file(path, _WHAT, backlog=_LISTEN_BACKLOG)
     except SocketFileInUse:
@@ -308,22 +343,27 @@ async def serve_control(
         raise ControlSocketError(msg) from None
     except ActivatorError as e:
         raise ControlSocketError(str(e)) from None
-    clients = 0
+    clients = refused = 0
+    log = _RefusalLog()
 
     async def handle(stream: trio.SocketStream) -> None:
-        nonlocal clients
+        nonlocal clients, refused
         async with stream:
             try:
                 peer = peer_credentials(stream.socket)
-                why = None if peer.uid == 0 else await trio.to_thread.run_sync(refusal, peer, group)
+                groups = None if peer.uid == 0 else peer_groups(stream.socket)
+                why = refusal(peer, groups, group, gid)
+                if why is None and clients >= max_clients:
+                    why = f"too many control clients ({max_clients}); try again"
                 if why is not None:
-                    logger.info("control socket: refused PID %d: %s", peer.pid, why)
-                    await _last_word(stream, _error_line(why))
-                    return
-                if clients >= max_clients:
-                    logger.warning("control socket: %d clients already, refusing one", clients)
-                    reason = f"too many control clients ({max_clients}); try again"
-                    await _last_word(stream, _error_line(reason))
+                    if refused >= MAX_REFUSED:
+                        return  # closed unanswered: refusals cost nothing more than this
+                    log.refused(peer.pid, why)
+                    refused += 1
+                    try:
+                        await _last_word(stream, _error_line(why))
+                    finally:
+                        refused -= 1
                     return
                 clients += 1
                 try:

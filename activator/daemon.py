@@ -41,6 +41,7 @@ def serve(
     *,
     strict: bool = False,
     pidfile: str | None = None,
+    ready_timeout: float = detach.DEFAULT_READY_TIMEOUT,
 ) -> int:
     """Serve every unit of ``directories`` until SIGTERM or SIGINT; the exit code (0 after a
     clean stop, 2 when ``strict`` and a unit has errors or a socket cannot be made). Blocking:
@@ -48,7 +49,8 @@ def serve(
 
     With ``pidfile``, detach as a daemon first (:mod:`activator.detach`): this call then returns
     in the command the user ran once the daemon is ready (0) or has failed (its exit code), and
-    in the daemon when it stops. The log goes to ``[log] target``, which must not be stderr.
+    in the daemon when it stops (or 1 in the command when it is not ready after
+    ``ready_timeout`` seconds). The log goes to ``[log] target``, which must not be stderr.
 
     Raises:
         LogTargetError: ``[log] target`` cannot be opened (before anything starts).
@@ -60,7 +62,7 @@ def serve(
     if pidfile is None:
         return _serve(settings, directories, strict, inherited)
     keep = [*logs.descriptors(), *(sock.fileno() for sock, _ in inherited)]
-    started = detach.start(pidfile, keep)
+    started = detach.start(pidfile, keep, ready_timeout=ready_timeout)
     if isinstance(started, int):  # the command the user ran: the daemon is ready, or failed
         return started
     with started:
@@ -121,7 +123,7 @@ async def _main(
                 if settings.metrics.listen is not None:
                     unserved = await start_metrics(
                         nursery, settings.metrics.listen, runtime, manager,
-                        userdb=settings.userdb.enabled, strict=strict,
+                        userdb_path=runtime.userdb, strict=strict,
                     )  # fmt: skip
                 if unserved is None or not strict:
                     await manager.serve(catalog)

@@ -4,15 +4,21 @@ command the user ran whether the daemon started.
 Rule 1: the caller learns the outcome. The command the user ran (the parent) waits until the
 daemon is ready (every socket listening) or has failed, prints the warnings and errors the daemon
 logged on the way, and exits 0 only once it is ready; otherwise with the daemon's exit code, or 1
-when the daemon died without giving one or was stopped (SIGTERM) before it was ready.
+when the daemon died without giving one, was stopped (SIGTERM) before it was ready, or is not
+ready after ``ready_timeout`` seconds (``daemon PID N not ready after 90 s``: it goes on
+starting; its log says what it does).
 
-Rule 2: one daemon per pidfile. The parent locks the pidfile (``flock``) before it forks, so a
+Rule 2: the daemon never waits for the parent. The report pipe's write end is non-blocking, and
+a line is written whole or not at all (at most ``PIPE_BUF`` bytes, longer lines cut): when the
+parent does not read (stopped, gone), lines are dropped, never queued on the daemon's loop.
+
+Rule 3: one daemon per pidfile. The parent locks the pidfile (``flock``) before it forks, so a
 second start fails while the user still sees it, naming the running PID; the lock passes to the
 daemon with the open file (a lock belongs to the open file description, which fork shares). The
 file holds the daemon's PID once it has detached, and is removed, then unlocked, when it exits. A
 file left by a crash (``kill -9``) is unlocked, so it never blocks a start.
 
-Rule 3: daemonizing changes nothing else the handlers inherit: DaemonContext gets an empty signal
+Rule 4: daemonizing changes nothing else the handlers inherit: DaemonContext gets an empty signal
 map (trio owns the signals; python-daemon's default would turn SIGTERM into SystemExit and ignore
 SIGTSTP, SIGTTIN and SIGTTOU in every handler), leaves RLIMIT_CORE alone, and keeps exactly the
 descriptors the caller names, its pidfile and the report pipe. Working directory ``/``, umask 022.
@@ -22,8 +28,8 @@ This is the only module that imports python-daemon.
 Theory of operation: the parent forks a child that enters ``DaemonContext(detach_process=True)``
 (fork, ``setsid``, fork: the daemon is no session leader and can never get a terminal back) and
 the intermediate processes exit at once. The daemon writes lines on a pipe to the parent:
-``log TEXT`` for each warning or error until it is ready, then ``ready``, or ``exit N`` when it
-stops before. End of file without either means it died.
+``pid N`` once detached, ``log TEXT`` for each warning or error until it is ready, then
+``ready``, or ``exit N`` when it stops before. End of file without either means it died.
 """
 
 from __future__ import annotations
@@ -33,8 +39,10 @@ import errno
 import fcntl
 import logging
 import os
+import select
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from types import TracebackType
 from typing import Final, TextIO
 
@@ -49,6 +57,9 @@ DEFAULT_PIDFILE: Final = "/run/activator/activator.pid"
 
 #: A pidfile that another process replaces or removes under us is opened again, this often.
 _LOCK_ATTEMPTS: Final = 5
+#: Seconds ``serve --daemon`` waits for the daemon to be ready (``--ready-timeout``): crash
+#: recovery and the pool's first scan come before it, on a large pool a minute or so.
+DEFAULT_READY_TIMEOUT: Final = 90.0
 
 
 class DaemonError(ActivatorError):
@@ -166,6 +177,8 @@ class _Relay(logging.Handler):
         super().__init__()  # every level: the ready event is INFO
         self.fd = fd
         self.plain = logs.PlainFormatter()
+        #: Lines dropped because the pipe was full (Rule 2).
+        self.dropped = 0
 
     def emit(self, record: logging.LogRecord) -> None:
         if logs.event_name(record) == "ready":
@@ -175,12 +188,14 @@ class _Relay(logging.Handler):
             self.send("log " + self.plain.format(record))
 
     def send(self, line: str) -> None:
+        """Write ``line`` whole, or drop it when the pipe is full (Rule 2)."""
         if self.fd < 0:
             return
-        data = (line + "\n").encode("utf-8", "backslashreplace")
+        data = line.encode("utf-8", "backslashreplace")[: select.PIPE_BUF - 1] + b"\n"
         try:
-            while data:
-                data = data[os.write(self.fd, data) :]
+            os.write(self.fd, data)  # at most PIPE_BUF bytes: all of it, or EAGAIN
+        except BlockingIOError:
+            self.dropped += 1
         except OSError:  # the parent is gone (Ctrl-C): nobody to tell
             self.finish()
 
@@ -218,7 +233,13 @@ class Daemon:
         self.context.close()  # removes the pidfile
 
 
-def start(pidfile: str, keep: Sequence[int], *, err: TextIO = sys.stderr) -> int | Daemon:
+def start(
+    pidfile: str,
+    keep: Sequence[int],
+    *,
+    err: TextIO = sys.stderr,
+    ready_timeout: float = DEFAULT_READY_TIMEOUT,
+) -> int | Daemon:
     """Detach as a daemon, as ``fork()`` does: return twice, in two processes.
 
     Args:
@@ -226,6 +247,7 @@ def start(pidfile: str, keep: Sequence[int], *, err: TextIO = sys.stderr) -> int
         keep: descriptors the daemon keeps (listening sockets passed in, the log's file or
             socket); every other one is closed, and stdin, stdout and stderr become /dev/null.
         err: where the parent prints what the daemon relays.
+        ready_timeout: seconds the parent waits for the daemon to be ready (Rule 1).
 
     Returns:
         In the parent, its exit code once the daemon is ready (0) or has failed (Rule 1). In the
@@ -247,11 +269,14 @@ def start(pidfile: str, keep: Sequence[int], *, err: TextIO = sys.stderr) -> int
     if child:  # the parent
         os.close(write_end)
         lock.hand_over()
-        with open(read_end, encoding="utf-8", errors="backslashreplace") as reports:
-            code = _wait_for_report(reports, err)
+        try:
+            code = _wait_for_report(read_end, err, ready_timeout)
+        finally:
+            os.close(read_end)
         os.waitpid(child, 0)  # the intermediate process, gone as soon as the daemon forked
         return code
     os.close(read_end)
+    os.set_blocking(write_end, False)  # Rule 2
     context = daemon.DaemonContext(
         working_directory="/",
         umask=0o022,
@@ -268,13 +293,21 @@ def start(pidfile: str, keep: Sequence[int], *, err: TextIO = sys.stderr) -> int
         relay.send(f"log activator: error: cannot detach: {e}")
         relay.send("exit 1")
         os._exit(1)
-    return Daemon(context, _Relay(write_end))
+    relay = _Relay(write_end)
+    relay.send(f"pid {os.getpid()}")
+    return Daemon(context, relay)
 
 
-def _wait_for_report(reports: TextIO, err: TextIO) -> int:
-    for line in reports:
-        word, _, rest = line.rstrip("\n").partition(" ")
-        if word == "log":
+def _wait_for_report(fd: int, err: TextIO, timeout: float) -> int:
+    """Relay the daemon's report lines from ``fd`` until it is ready, stops, dies, or
+    ``timeout`` seconds pass (Rule 1); the exit code."""
+    deadline = time.monotonic() + timeout
+    pid: str | None = None
+    for line in _lines(fd, deadline):
+        word, _, rest = line.partition(" ")
+        if word == "pid":
+            pid = rest
+        elif word == "log":
             print(rest, file=err, flush=True)
         elif word == "ready":
             return 0
@@ -283,5 +316,30 @@ def _wait_for_report(reports: TextIO, err: TextIO) -> int:
                 return int(rest)
             print("activator: the daemon was stopped before it was ready", file=err)
             return 1
+    if time.monotonic() >= deadline:
+        who = f"daemon PID {pid}" if pid is not None else "the daemon"
+        print(
+            f"activator: {who} not ready after {timeout:g} s (it goes on starting; its log "
+            "says what it does)",
+            file=err,
+        )
+        return 1
     print("activator: the daemon ended before it was ready; its log says why", file=err)
     return 1
+
+
+def _lines(fd: int, deadline: float) -> Iterator[str]:
+    """The lines read from ``fd`` until its end or ``deadline`` (``time.monotonic()``)."""
+    buffer = b""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    while (left := deadline - time.monotonic()) > 0:
+        if not poller.poll(max(1, int(left * 1000))):
+            continue
+        data = os.read(fd, 65536)
+        if not data:
+            return
+        buffer += data
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            yield line.decode("utf-8", "backslashreplace")

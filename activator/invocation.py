@@ -120,6 +120,7 @@ class Runtime:
         on_chown: called with what each directories step did (skipped or not).
         runtime_directories: the services whose runtime directories the last holder of a shared
             lease removes, by UID (one per distinct set of directories).
+        userdb: the userdb socket this process serves, None when userdb is off.
     """
 
     spawner: Spawner
@@ -136,6 +137,7 @@ class Runtime:
     runtime_directories: dict[int, dict[tuple[object, ...], ServiceUnit]] = attrs.field(
         factory=dict
     )
+    userdb: str | None = None
 
 
 class _Failed(Exception):

@@ -134,6 +134,7 @@ class LeaseService:
     _live_waiters: int = attrs.field(init=False, default=0)
     _wake_checker: trio.Event = attrs.field(init=False, factory=trio.Event)
     _ready: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _stopped: bool = attrs.field(init=False, default=False)
     allocations: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
     skipped: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
     failures: collections.Counter[str] = attrs.field(init=False, factory=collections.Counter)
@@ -178,19 +179,27 @@ class LeaseService:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep the free set checked: a full scan first (then ``task_status.started()``), then
         rechecks and cooling as they fall due. Runs until cancelled."""
-        await self._check_due()
-        self._ready.set()
-        task_status.started()
-        while True:
-            now = trio.current_time()
-            self.pool.tick(now)
-            self._wake_waiters()
+        try:
             await self._check_due()
-            due = self.pool.next_due(trio.current_time())
-            delay = _IDLE_RECHECK if due is None else max(0.0, due - trio.current_time())
-            with trio.move_on_after(delay):
-                await self._wake_checker.wait()
-            self._wake_checker = trio.Event()
+            self._ready.set()
+            task_status.started()
+            while True:
+                now = trio.current_time()
+                self.pool.tick(now)
+                self._wake_waiters()
+                await self._check_due()
+                due = self.pool.next_due(trio.current_time())
+                delay = _IDLE_RECHECK if due is None else max(0.0, due - trio.current_time())
+                with trio.move_on_after(delay):
+                    await self._wake_checker.wait()
+                self._wake_checker = trio.Event()
+        finally:
+            self._stopped = True
+
+    @property
+    def running(self) -> bool:
+        """Whether :meth:`run` has done its first scan and still runs (``/healthz``)."""
+        return self._ready.is_set() and not self._stopped
 
     async def _check_due(self) -> None:
         while True:

@@ -10,9 +10,15 @@ Rule 2: one record is one line, in both formats: a traceback is folded into the 
 
 Rule 3: a target that cannot be opened is an error when logging is configured (at start, before
 anything serves), never a silent fallback: :func:`configure` raises :class:`LogTargetError`. Once
-open, writing never blocks the event loop on syslog (a full ``/dev/log`` queue drops lines and
-says how many, at the next line that gets through) and never stops on a moved file: the file is
+open, writing never blocks the event loop: on syslog, a full ``/dev/log`` queue drops lines and
+says how many, at the next line that gets through; a file is written by a thread of its own once
+trio runs (a slow disk never stalls an accept loop), through a bounded queue that drops lines
+when full and says how many the same way. Writing never stops on a moved file: the file is
 reopened, at its path, when logrotate has moved or removed it (no signal needed).
+
+Rule 4: no thread before trio. ``serve`` forks the spawner and, with ``--daemon``, detaches
+before trio starts: the file's writer thread starts with the first line logged while trio runs
+(in its thread); lines before that are written at once, in the thread that logs them.
 
 Theory of operation: ``target`` is ``stderr``, ``syslog`` or the absolute path of a file
 (``[log] target``). Syslog is RFC 3164 over the ``/dev/log`` datagram socket, facility daemon,
@@ -24,15 +30,20 @@ line), created mode 0640 when missing, and reopened when its path no longer name
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import io
 import json
 import logging
 import logging.handlers
 import os
+import queue
 import socket
 import sys
+import threading
 from typing import Any, Final, TextIO
+
+import trio
 
 from activator.errors import ActivatorError
 from activator.settings import LogFormat
@@ -211,15 +222,93 @@ def _priority(levelno: int) -> int:
 
 class LogFileHandler(logging.handlers.WatchedFileHandler):
     """Appends to a file created mode 0640 (whatever the umask), and reopens it at its path when
-    logrotate has moved or removed it."""
+    logrotate has moved or removed it.
 
-    def __init__(self, path: str) -> None:
+    Once trio runs, lines go through a queue of ``queue_size`` lines to a writer thread (Rules 3
+    and 4): a line that finds the queue full is dropped and counted, and the writer says how many
+    were lost before its next line.
+    """
+
+    def __init__(self, path: str, *, queue_size: int = 10_000) -> None:
         super().__init__(path, encoding="utf-8", errors="backslashreplace")
+        self._lines: queue.Queue[str | None] = queue.Queue(queue_size)
+        self._writer: threading.Thread | None = None
+        #: Lines dropped since the writer last said so, under their own lock: the writer never
+        #: takes the handler's (``logging.shutdown`` holds it while it closes the handler).
+        self.dropped = 0
+        self._dropped_lock = threading.Lock()
 
     def _open(self) -> io.TextIOWrapper:
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOCTTY
         fd = os.open(self.baseFilename, flags, LOG_FILE_MODE)
         return open(fd, "a", encoding=self.encoding, errors=self.errors)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        # Called under the handler's lock: one emit at a time, whatever the thread.
+        if self._writer is None:
+            if not trio.lowlevel.in_trio_run():
+                super().emit(record)  # before trio (Rule 4): at once
+                return
+            self._writer = threading.Thread(
+                target=self._write_all, name="activator-log-writer", daemon=True
+            )
+            self._writer.start()
+        try:
+            line = self.format(record)
+        except Exception:  # logging's rule: a bad record never raises
+            self.handleError(record)
+            return
+        try:
+            self._lines.put_nowait(line)
+        except queue.Full:
+            with self._dropped_lock:
+                self.dropped += 1
+
+    def _write_all(self) -> None:
+        """The writer thread: every queued line, until None."""
+        while (line := self._lines.get()) is not None:
+            with self._dropped_lock:
+                lost, self.dropped = self.dropped, 0
+            try:
+                if lost:
+                    notice = logging.makeLogRecord(
+                        {
+                            "name": __name__,
+                            "levelno": logging.WARNING,
+                            "levelname": "WARNING",
+                            "msg": f"{lost} log lines lost: the log file was written too slowly",
+                        }
+                    )
+                    self._write(self.format(notice))
+                self._write(line)
+            except Exception:  # a full disk: the line is lost, said later; the writer goes on
+                with self._dropped_lock:
+                    self.dropped += 1
+
+    def _write(self, line: str) -> None:
+        self.reopenIfNeeded()
+        if self.stream is None:  # closed
+            return
+        self.stream.write(line + self.terminator)
+        self.stream.flush()
+
+    def flush(self) -> None:
+        """Flush, unless the writer thread owns the file (it flushes every line)."""
+        if self._writer is None:
+            super().flush()
+
+    def close(self) -> None:
+        """Write what is queued (for a few seconds at most), then close the file. A writer still
+        stuck on the file after that keeps it: closing it would wait on the writer for ever."""
+        writer = self._writer
+        if writer is not None and writer.is_alive():
+            with contextlib.suppress(queue.Full):
+                self._lines.put(None, timeout=5.0)
+            writer.join(5.0)
+            if writer.is_alive():
+                logging.Handler.close(self)
+                return
+        super().close()
 
 
 def open_handler(

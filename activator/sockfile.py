@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 #: Input is received in pieces of at most this size.
 _RECEIVE_CHUNK = 64 * 1024
 _ID_MAX = 0xFFFFFFFF
+#: ``SO_PEERGROUPS`` (Linux 4.13; not in the socket module): the peer's supplementary groups.
+SO_PEERGROUPS = 59
+#: The most groups :func:`peer_groups` reads: Python's getsockopt takes 1024 bytes at most.
+PEER_GROUPS_MAX = 1024 // 4
 
 
 class SocketFileError(ActivatorError):
@@ -70,6 +74,23 @@ def peer_credentials(sock: trio.socket.SocketType) -> PeerCredentials:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     pid, uid, gid = struct.unpack("3i", raw)
     return PeerCredentials(int(pid), int(uid) & _ID_MAX, int(gid) & _ID_MAX)
+
+
+def peer_groups(sock: trio.socket.SocketType) -> frozenset[int] | None:
+    """The supplementary groups of the peer of a connected Unix socket, as they were at connect
+    time (``SO_PEERGROUPS``: no ``/proc``, no race with the peer's PID being reused); None when
+    it has more than :data:`PEER_GROUPS_MAX`.
+
+    Raises:
+        OSError: the socket has no peer (anymore).
+    """
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, PEER_GROUPS_MAX * 4)
+    except OSError as e:
+        if e.errno == errno.ERANGE:
+            return None
+        raise
+    return frozenset(gid & _ID_MAX for gid in struct.unpack(f"{len(raw) // 4}I", raw))
 
 
 async def _clear_stale(path: str, what: str) -> None:

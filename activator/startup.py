@@ -51,9 +51,10 @@ async def open_runtime(
     )
     await trio.to_thread.run_sync(leases.recover, trio.current_time())
     await nursery.start(leases.run)
+    userdb_path = None
     if userdb and settings.userdb.enabled:
-        await start_userdb(nursery, leases)
-    return Runtime(spawner, leases, cgroups)
+        userdb_path = await start_userdb(nursery, leases)
+    return Runtime(spawner, leases, cgroups, userdb=userdb_path)
 
 
 async def start_userdb(nursery: trio.Nursery, leases: LeaseService) -> str:

@@ -125,7 +125,8 @@ class SkipReason(enum.Enum):
 
 
 class State(enum.Enum):
-    """Where a UID of the pool is in its life (the ``state`` label of the pool gauges)."""
+    """Where a UID of the pool is in its life (the ``state`` label of
+    ``activator_uid_pool_uids``)."""
 
     #: Never probed, or reclaimed after a crash: probed before it may be used.
     UNCHECKED = "unchecked"

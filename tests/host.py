@@ -4,6 +4,8 @@ shadow-utils and removed afterwards."""
 from __future__ import annotations
 
 import contextlib
+import grp
+import os
 import subprocess
 from collections.abc import Iterator
 
@@ -27,10 +29,22 @@ def static_user(uid: int) -> Iterator[str]:
 
 @contextlib.contextmanager
 def static_group(gid: int) -> Iterator[str]:
-    """A static group of that GID, removed after; its name."""
-    name = f"act-test-g{gid}"
-    subprocess.run(["groupdel", name], capture_output=True, check=False)  # a crashed run's
-    run("groupadd", "-g", str(gid), name)
+    """A static group of that GID, removed after; its name, unique to this test run
+    (``act-test-gGID-PID``, made with ``groupadd -o``): runs at the same time each have their
+    own group of that GID, and none removes another's. A group a crashed run left (its PID gone)
+    is removed first."""
+    prefix = f"act-test-g{gid}-"
+    for entry in grp.getgrall():
+        pid = entry.gr_name.removeprefix(prefix)
+        if entry.gr_name.startswith(prefix) and pid.isdecimal():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:  # its run is gone: a crashed run's
+                subprocess.run(["groupdel", entry.gr_name], capture_output=True, check=False)
+            except PermissionError:
+                pass
+    name = f"{prefix}{os.getpid()}"
+    run("groupadd", "-o", "-g", str(gid), name)
     try:
         yield name
     finally:

@@ -10,9 +10,17 @@ the template for per-connection instances (``echo@.service``, never
 ``echo@3-127.0.0.1:7-127.0.0.1:41234.service``), and the fixed reason, source, stage and status
 sets. Peers and UIDs are never labels.
 
-Rule 3: a gauge never disappears: a unit seen once keeps its series at 0 when nothing of it
-runs, so ``activator_uid_leases`` and ``activator_invocations_active`` read 0 after a flood
-instead of going stale.
+Rule 3: a series never starts above 0 and never disappears while its unit is loaded: a unit
+seen once (or loaded, when the manager says which units are) keeps ``activator_uid_leases`` and
+``activator_invocations_active`` at 0 when nothing of it runs, so they read 0 after a flood
+instead of going stale, and has ``activator_spawn_failures_total`` at 0 for every stage of
+:data:`SPAWN_STAGES` before its first failure, so ``increase()`` sees that failure. A unit no
+longer loaded (nor enabled) loses its series at the next scrape, unless something of it still
+runs: label sets do not grow with every unit ever loaded.
+
+Rule 4: a connection the pool refused (no UID: reasons :data:`POOL_REFUSALS`) is neither a spawn
+failure nor a failed invocation: it is counted as ``result="rejected"``, beside the allocation
+failure that says why.
 """
 
 from __future__ import annotations
@@ -54,6 +62,18 @@ SOURCES: Final = (*(source.value for source in Source), "shared")
 FAILURE_REASONS: Final = ("exhausted", "queue_full", "wait_timeout", "names")
 #: The ``reason`` label values of ``activator_uid_candidates_skipped_total``.
 SKIP_REASONS: Final = tuple(reason.value for reason in SkipReason)
+#: The reasons of an invocation the pool refused (no UID to run it as): rejected, not failed.
+POOL_REFUSALS: Final = frozenset({"exhausted", "queue_full", "wait_timeout"})
+#: The ``result`` label values of ``activator_invocations_total``.
+RESULTS: Final = ("success", "failure", "stopped", "rejected")
+#: The ``stage`` label values ``activator_spawn_failures_total`` has at 0 for every unit (Rule 3):
+#: activator's own stages (:class:`activator.invocation.Outcome`) then the spawner's
+#: (:class:`activator.spawner.SpawnFailed`). Another stage gets its series when it first fails.
+SPAWN_STAGES: Final = (
+    "lease", "user", "directories", "cgroup", "plan", "environment", "output", "spawner",
+    "teardown", "fork", "request", "namespaces", "mount", "rlimit", "nice", "fds", "chdir",
+    "privileges", "keyring", "exec", "internal",
+)  # fmt: skip
 
 #: From tens of microseconds (a free UID, taken on the loop) to a wait that timed out.
 ALLOCATION_BUCKETS: Final = (
@@ -116,11 +136,14 @@ def exit_labels(status: ExitStatus) -> tuple[str, str]:
 
 
 def invocation_result(outcome: Outcome) -> str:
-    """``stopped`` (on request), ``success`` (the handler ran and exited 0, torn down cleanly),
-    or ``failure`` (it never ran, a signal killed it, it exited non-zero, or its teardown
-    failed): the ``result`` label of ``activator_invocations_total``."""
+    """``stopped`` (on request), ``rejected`` (the pool had no UID for it: Rule 4), ``success``
+    (the handler ran and exited 0, torn down cleanly), or ``failure`` (it never ran, a signal
+    killed it, it exited non-zero, or its teardown failed): the ``result`` label of
+    ``activator_invocations_total``."""
     if outcome.stopped:
         return "stopped"
+    if outcome.status is None and outcome.reason in POOL_REFUSALS:
+        return "rejected"
     if outcome.failure is None and outcome.status is not None and outcome.exit_code == 0:
         return "success"
     return "failure"
@@ -134,23 +157,31 @@ class Probes:
         spawner_up: whether the spawner process answers.
         spawner_restarts: how many times it was started again after it died.
         userdb_up: whether the userdb socket is served; None when userdb is disabled.
+        pool_up: whether the lease service's background task runs, its first scan done; None
+            when nobody can tell (``/healthz`` then does not ask).
     """
 
     spawner_up: Callable[[], bool]
     spawner_restarts: Callable[[], int]
     userdb_up: Callable[[], bool] | None = None
+    pool_up: Callable[[], bool] | None = None
 
 
-def spawner_probes(spawner: Spawner, userdb: Iterable[str] | None = None) -> Probes:
+def spawner_probes(
+    spawner: Spawner, userdb_path: str | None = None, pool_up: Callable[[], bool] | None = None
+) -> Probes:
     """The probes of a real spawner and userdb socket.
 
     Args:
         spawner: the spawner client; it is up when its current process exists (a spawner that
             died is reaped at once, so its PID is gone until a new one runs).
-        userdb: the socket paths userdb may serve on (it is up when one of them is a socket);
-            None when userdb is disabled.
+        userdb_path: the socket userdb serves on, bound already; None when userdb is disabled.
+            userdb is up while the socket file there is still the one that was there when the
+            probes were made (same device and inode): a file another activator bound since,
+            or none, is down.
+        pool_up: as :attr:`Probes.pool_up`.
     """
-    paths = None if userdb is None else tuple(userdb)
+    served = None if userdb_path is None else _socket_identity(userdb_path)
 
     def spawner_up() -> bool:
         try:
@@ -162,17 +193,21 @@ def spawner_probes(spawner: Spawner, userdb: Iterable[str] | None = None) -> Pro
         return True
 
     def userdb_up() -> bool:
-        assert paths is not None
-        return any(_is_socket(path) for path in paths)
+        assert userdb_path is not None
+        return served is not None and _socket_identity(userdb_path) == served
 
-    return Probes(spawner_up, lambda: spawner.restarts, None if paths is None else userdb_up)
+    return Probes(
+        spawner_up, lambda: spawner.restarts, None if userdb_path is None else userdb_up, pool_up
+    )
 
 
-def _is_socket(path: str) -> bool:
+def _socket_identity(path: str) -> tuple[int, int] | None:
+    """The device and inode of the socket file at ``path``; None when it is no socket."""
     try:
-        return stat.S_ISSOCK(os.stat(path).st_mode)
+        info = os.stat(path)
     except OSError:
-        return False
+        return None
+    return (info.st_dev, info.st_ino) if stat.S_ISSOCK(info.st_mode) else None
 
 
 @attrs.define(eq=False)
@@ -191,18 +226,24 @@ class Metrics:
             label per-connection invocations with their template.
         process: also export prometheus-client's ``process_*`` metrics (this process's CPU,
             memory and descriptors).
+        units: the ``unit`` labels of the service units loaded or enabled now, asked at each
+            scrape (Rule 3: their series are made at 0; those of other units, with nothing of
+            them running, are dropped); None: no unit is ever dropped.
     """
 
     leases: LeaseService
     probes: Probes
     live: Mapping[str, Live] = attrs.field(factory=dict)
     process: bool = True
+    units: Callable[[], Iterable[str]] | None = None
     registry: CollectorRegistry = attrs.field(init=False, factory=CollectorRegistry)
     #: UID -> (the invocation that leased it, when): the leases whose release is not seen yet.
     _lease_started: dict[int, tuple[str, float]] = attrs.field(init=False, factory=dict)
     #: Every ``unit`` label a lease or an invocation had (Rule 3).
     _lease_units: set[str] = attrs.field(init=False, factory=set)
     _active_units: set[str] = attrs.field(init=False, factory=set)
+    #: Every ``unit`` label with series, and the counters' label sets of each (Rule 3).
+    _series: dict[str, set[tuple[Counter, tuple[str, ...]]]] = attrs.field(init=False, factory=dict)
     _i: _Instruments = attrs.field(init=False)
     _state: _StateCollector = attrs.field(init=False)
     #: Renders run in worker threads, two at a time at most.
@@ -216,9 +257,11 @@ class Metrics:
         # is prometheus-client's process-wide switch; activator's is its only registry.
         disable_created_metrics()  # type: ignore[no-untyped-call]
         r = self.registry
-        self._i = _instruments(r)
+        # The states first: a scrape reads them (and drops the series of units gone, Rule 3)
+        # before it renders the counters.
         self._state = _StateCollector(self)
         r.register(self._state)
+        self._i = _instruments(r)
         if self.process:
             ProcessCollector(registry=r)
 
@@ -243,11 +286,15 @@ class Metrics:
         now = time.perf_counter()
         self._lease_ended(lease.uid, now)  # released, and leased again before its end was seen
         self._lease_started[lease.uid] = (lease.invocation, now)
-        self._lease_units.add(self._label(lease.unit, lease.invocation))
+        unit = self._label(lease.unit, lease.invocation)
+        self._seen(unit)
+        self._lease_units.add(unit)
 
     def started(self, unit: str, invocation: str, spawn_seconds: float) -> None:
         """A handler runs (``spawn_seconds``: the spawner's part of its start)."""
-        self._active_units.add(self._label(unit, invocation))
+        label = self._label(unit, invocation)
+        self._seen(label)
+        self._active_units.add(label)
         live = self.live.get(invocation)
         if live is not None:  # from the invocation's start, the accept's moment
             spawn_seconds = max(0.0, time.time() - live.started)
@@ -256,16 +303,18 @@ class Metrics:
     def finished(self, outcome: Outcome) -> None:
         """An invocation ended (its lease, if any, released or kept for good)."""
         unit = self._label(outcome.unit, outcome.invocation)
+        self._seen(unit)
         self._active_units.add(unit)
-        self._i.invocations_total.labels(unit, invocation_result(outcome)).inc()
+        result = invocation_result(outcome)
+        self._child(self._i.invocations_total, unit, result).inc()
         if outcome.status is not None:
             how, status = exit_labels(outcome.status)
-            self._i.exits_total.labels(unit, how, status).inc()
+            self._child(self._i.exits_total, unit, how, status).inc()
             run = dict(outcome.timings).get("run")
             if run is not None:
                 self._i.handler_seconds.observe(run)
-        elif outcome.stage is not None and not outcome.stopped:
-            self._i.spawn_failures_total.labels(unit, outcome.stage).inc()
+        elif outcome.stage is not None and result not in ("stopped", "rejected"):
+            self._child(self._i.spawn_failures_total, unit, outcome.stage).inc()
         if outcome.uid is not None:
             current = self.leases.pool.leased.get(outcome.uid)
             started = self._lease_started.get(outcome.uid)
@@ -318,6 +367,8 @@ class Metrics:
         """None when activator can serve, else why not (``/healthz``)."""
         if not self.probes.spawner_up():
             return "spawner: not running"
+        if self.probes.pool_up is not None and not self.probes.pool_up():
+            return "pool: the lease service is not running"
         if self.probes.userdb_up is not None and not self.probes.userdb_up():
             return "userdb: its socket is not served"
         return None
@@ -325,6 +376,35 @@ class Metrics:
     def _label(self, unit: str, invocation: str) -> str:
         live = self.live.get(invocation)
         return unit_label(unit, None if live is None else live.per_connection)
+
+    # --- label sets (Rule 3) ---------------------------------------------------------------------
+
+    def _seen(self, unit: str) -> None:
+        """The first sight of ``unit`` makes its spawn failure series, at 0."""
+        if unit not in self._series:
+            self._series[unit] = set()
+            for stage in SPAWN_STAGES:
+                self._child(self._i.spawn_failures_total, unit, stage)
+
+    def _child(self, counter: Counter, unit: str, *labels: str) -> Counter:
+        """The series of ``counter`` for ``unit`` and ``labels``, recorded to drop it with its
+        unit."""
+        self._series[unit].add((counter, labels))
+        return counter.labels(unit, *labels)
+
+    def _prune(self, running: Iterable[str]) -> None:
+        """Make the series of every unit loaded now; drop those of units neither loaded nor
+        ``running`` (on the loop, before a scrape is rendered)."""
+        if self.units is None:
+            return
+        keep = {*self.units(), *running}
+        for unit in keep:
+            self._seen(unit)
+        for unit in [unit for unit in self._series if unit not in keep]:
+            for counter, labels in self._series.pop(unit):
+                counter.remove(unit, *labels)
+            self._lease_units.discard(unit)
+            self._active_units.discard(unit)
 
 
 @attrs.frozen
@@ -355,8 +435,9 @@ def _instruments(r: CollectorRegistry) -> _Instruments:
     )
     wait_seconds = Histogram(
         "activator_uid_wait_seconds",
-        "Time an allocation waited for a UID to be released (policy wait; only those "
-        "that waited and got one).",
+        "Time an allocation waited for a UID to be released (policy wait), for those that "
+        "waited and got one; a wait that timed out is counted in "
+        'activator_uid_allocation_failures_total{reason="wait_timeout"}.',
         buckets=WAIT_BUCKETS,
         registry=r,
     )
@@ -392,7 +473,8 @@ def _instruments(r: CollectorRegistry) -> _Instruments:
     invocations_total = Counter(
         "activator_invocations",
         "Invocations that ended, by service unit and result (success: the handler exited "
-        "0; stopped: on request; failure: anything else).",
+        "0; stopped: on request; rejected: the UID pool had no UID for it; failure: anything "
+        "else).",
         ["unit", "result"],
         registry=r,
     )
@@ -405,13 +487,17 @@ def _instruments(r: CollectorRegistry) -> _Instruments:
     )
     spawn_failures_total = Counter(
         "activator_spawn_failures",
-        "Invocations whose handler never ran, by service unit and the stage that failed.",
+        "Invocations whose handler never ran, by service unit and the stage that failed "
+        "(connections the UID pool refused are not counted here: see "
+        "activator_uid_allocation_failures_total).",
         ["unit", "stage"],
         registry=r,
     )
     spawn_seconds = Histogram(
         "activator_spawn_seconds",
-        "Time from an invocation's start (the accept, for a connection) to its handler's exec.",
+        "Time from an invocation's start to its handler's exec. For a connection, the start "
+        "is when it was admitted, after the accept and any PollLimit or TriggerLimit pause: "
+        "the wait in the listen backlog is not in it.",
         buckets=SPAWN_BUCKETS,
         registry=r,
     )
@@ -462,25 +548,38 @@ class _StateCollector(Collector):
         yield _gauge("activator_uid_pool_size", "UIDs in the pool ([pool] first..last).", size)
         yield _gauge(
             "activator_uid_pool_utilization_ratio",
-            "Leased UIDs over the pool size (0..1).",
+            "Leased UIDs over the pool size (0..1). UIDs cooling down, being leased, in use "
+            "by another process or not probed yet are not free either: the pool can be "
+            "exhausted below 1 (see activator_uid_pool_uids and activator_uid_pool_free).",
             len(leased) / size if size else 0.0,
         )
         yield _gauge(
             "activator_uid_pool_free", "UIDs checked free and ready to lease.", pool.free_count
         )
+        states = GaugeMetricFamily(
+            "activator_uid_pool_uids",
+            "UIDs of the pool by state (they sum to the pool size): free (probed free), taken "
+            "(being leased), leased, cooling (released, in the reuse delay), busy (in use "
+            "outside activator), unchecked (not probed yet).",
+            labels=["state"],
+        )
+        for state, count in sorted(pool.counts().items()):
+            states.add_metric([state], count)
+        yield states
         yield _gauge(
             "activator_uid_wait_queue_length",
             "Allocations waiting for a UID to be released (policy wait).",
             leases.waiting,
         )
         by_unit = _count(m._label(lease.unit, lease.invocation) for lease in leased)
+        active = _count(m._label(live.service.name.name, key) for key, live in m.live.items())
+        m._prune({*by_unit, *active})
         yield _by_unit(
             "activator_uid_leases",
             "UIDs leased, by service unit (the template for per-connection instances).",
             by_unit,
             m._lease_units,
         )
-        active = _count(m._label(live.service.name.name, key) for key, live in m.live.items())
         yield _by_unit(
             "activator_invocations_active",
             "Invocations running, by service unit (the template for per-connection instances).",
@@ -521,7 +620,7 @@ class _StateCollector(Collector):
         if m.probes.userdb_up is not None:
             yield _gauge(
                 "activator_userdb_up",
-                "1 when the userdb socket is served, else 0.",
+                "1 while the userdb socket activator bound is still at its path, else 0.",
                 m.probes.userdb_up(),
             )
         info = GaugeMetricFamily(

@@ -1,15 +1,21 @@
 """The HTTP side door: ``GET /metrics`` and ``GET /healthz``, served by a trio task.
 
-Rule 1: a client costs a bounded amount: a request head of at most ``head_size`` bytes, at most
-``timeout`` seconds for the whole exchange, at most ``max_connections`` at once (one more is
-closed at once, unanswered). One request per connection (``Connection: close``): Prometheus
-opens a connection per scrape anyway.
+Rule 1: a client costs a bounded amount: a request head of at most ``head_size`` bytes, sent
+within ``head_timeout`` seconds (Prometheus sends its head at once), then at most ``timeout``
+seconds for the response; at most ``max_connections`` at once, and ``per_peer`` from one address.
 
-Rule 2: it runs on activator's own loop (no thread before daemonizing: DESIGN.md, "Side doors");
+Rule 2: idle clients cannot lock the endpoint out. When a connection would pass a cap, the
+oldest connection still reading its head (of that peer, or of all) is closed to make room; only
+when every connection counted is past its head (being answered) is the newcomer closed
+unanswered. So a client that connects and sends nothing holds a slot for ``head_timeout`` at
+most, and only until someone needs it. One request per connection (``Connection: close``):
+Prometheus opens a connection per scrape anyway.
+
+Rule 3: it runs on activator's own loop (no thread before daemonizing: DESIGN.md, "Side doors");
 the registry is rendered in a worker thread (:meth:`Metrics.render`: milliseconds at realistic
 sizes), so a scrape never holds the loop that accepts connections.
 
-Rule 3: each connection is its own error boundary: nothing a client sends stops the server.
+Rule 4: each connection is its own error boundary: nothing a client sends stops the server.
 
 Theory of operation: :func:`parse_request` (pure) reads the request head into a
 :class:`Request` or an :class:`HttpError`; :func:`respond` turns it into the bytes to send,
@@ -19,8 +25,10 @@ format 0.0.4).
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
-import os
+from collections.abc import Iterator
 from typing import Final, NoReturn
 
 import attrs
@@ -30,7 +38,6 @@ from activator import logs
 from activator.invocation import Runtime
 from activator.manager import Manager
 from activator.settings import HostPort
-from activator.userdb import SOCKET_PATH
 
 from ._collect import Metrics, spawner_probes
 
@@ -56,13 +63,47 @@ class HttpLimits:
 
     Attributes:
         head_size: the most bytes of a request head (request line and headers).
-        timeout: seconds for a whole exchange, from accept to the last byte sent.
-        max_connections: connections served at once; one more is closed unanswered.
+        head_timeout: seconds from the accept to the end of the request head.
+        timeout: seconds for the response, from the end of the request head to the last byte
+            sent.
+        max_connections: connections served at once (Rule 2).
+        per_peer: connections served at once from one IP address (Rule 2).
     """
 
     head_size: int = 8192
+    head_timeout: float = 2.0
     timeout: float = 10.0
     max_connections: int = 32
+    per_peer: int = 4
+
+
+@attrs.define(eq=False)
+class _Client:
+    """A connection being served: its peer's address, and whether it still reads its head."""
+
+    peer: str
+    scope: trio.CancelScope
+    reading: bool = True
+    evicted: bool = False
+
+    def evict(self) -> None:
+        self.evicted = True
+        self.scope.cancel()
+
+
+def _make_room(clients: list[_Client], peer: str, limits: HttpLimits) -> bool:
+    """Evict what must go for one more connection from ``peer`` (Rule 2), oldest first in
+    ``clients``; False when there is no room (every connection counted is being answered)."""
+    for cap, counted in (
+        (limits.per_peer, [c for c in clients if c.peer == peer and not c.evicted]),
+        (limits.max_connections, [c for c in clients if not c.evicted]),
+    ):
+        if len(counted) >= cap:
+            victim = next((c for c in counted if c.reading), None)
+            if victim is None:
+                return False
+            victim.evict()
+    return True
 
 
 @attrs.frozen
@@ -146,51 +187,65 @@ async def serve_metrics(
     addresses (``127.0.0.1:9464``, ``[::1]:9464``) through ``task_status.started()``; the
     listeners close when cancelled.
 
-    Error handling: each connection is its own error boundary (Rule 3).
+    Error handling: each connection is its own error boundary (Rule 4).
 
     Raises:
         OSError: the address cannot be bound (before ``started``).
     """
     listeners = await trio.open_tcp_listeners(port, host=host)
-    active = 0
+    clients: dict[int, _Client] = {}  # oldest first
+    keys = itertools.count()
 
     async def handle(stream: trio.SocketStream) -> None:
-        nonlocal active
-        if active >= limits.max_connections:
+        peer = _peer_host(stream)
+        if not _make_room(list(clients.values()), peer, limits):
             await stream.aclose()
             return
-        active += 1
+        key = next(keys)
+        client = clients[key] = _Client(peer, trio.CancelScope())
+        client.scope.deadline = trio.current_time() + limits.head_timeout
         try:
             async with stream:
-                with trio.move_on_after(limits.timeout):
-                    await _exchange(stream, metrics, limits)
+                with client.scope:
+                    request = await _read_head(stream, limits)
+                    if request is None:
+                        return  # closed before a whole request: nothing to answer
+                    client.reading = False
+                    client.scope.deadline = trio.current_time() + limits.timeout
+                    await stream.send_all(await respond(metrics, request))
+                    await stream.send_eof()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away
         except Exception:
             logger.exception("metrics: an HTTP connection failed")
         finally:
-            active -= 1
+            del clients[key]
 
     task_status.started([_describe(listener.socket.getsockname()) for listener in listeners])
     await trio.serve_listeners(handle, listeners)
 
 
-async def _exchange(stream: trio.SocketStream, metrics: Metrics, limits: HttpLimits) -> None:
+async def _read_head(stream: trio.SocketStream, limits: HttpLimits) -> Request | HttpError | None:
+    """The request head, parsed (or the error to answer); None when the client closed first."""
     head = bytearray()
     while True:
         end = _head_end(head)
         if end >= 0:
-            request: Request | HttpError = parse_request(bytes(head[:end]))
-            break
+            return parse_request(bytes(head[:end]))
         if len(head) >= limits.head_size:
-            request = HttpError(431, f"a request head is {limits.head_size} bytes at most")
-            break
+            return HttpError(431, f"a request head is {limits.head_size} bytes at most")
         data = await stream.receive_some(limits.head_size - len(head) + 4)
         if not data:
-            return  # closed before a whole request: nothing to answer
+            return None
         head += data
-    await stream.send_all(await respond(metrics, request))
-    await stream.send_eof()
+
+
+def _peer_host(stream: trio.SocketStream) -> str:
+    try:
+        peer = stream.socket.getpeername()
+    except OSError:
+        return ""
+    return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
 
 def _head_end(data: bytearray) -> int:
@@ -199,6 +254,20 @@ def _head_end(data: bytearray) -> int:
     lf = data.find(b"\n\n")
     found = [n for n in (crlf, lf) if n >= 0]
     return min(found) if found else -1
+
+
+def loaded_units(manager: Manager) -> Iterator[str]:
+    """The ``unit`` labels of the service units ``manager`` has loaded or enabled now: every
+    service and service template of its catalog, the services of its enabled socket instances,
+    and the services it started."""
+    catalog = manager.catalog
+    if catalog is not None:
+        for name in (*catalog.units, *catalog.templates):
+            if name.endswith(".service"):
+                yield name
+    for name in manager.instances:
+        yield name.removesuffix(".socket") + ".service"
+    yield from manager.services
 
 
 def _describe(sockname: tuple[object, ...] | str) -> str:
@@ -214,7 +283,7 @@ async def start_metrics(
     runtime: Runtime,
     manager: Manager,
     *,
-    userdb: bool,
+    userdb_path: str | None = None,
     strict: bool = False,
 ) -> str | None:
     """Count what ``runtime`` and ``manager`` do and serve it on ``listen``, in ``nursery``
@@ -225,7 +294,8 @@ async def start_metrics(
         listen: the ``[metrics] listen`` address.
         runtime: the invocations' runtime (spawner, lease service, hooks).
         manager: the manager (its hooks and live invocations).
-        userdb: whether userdb is enabled (``activator_userdb_up`` is exported then).
+        userdb_path: the socket userdb serves on (bound already), None when userdb is disabled:
+            ``activator_userdb_up`` is exported then, 1 while that file is still ours.
         strict: ``--strict``: the caller stops when the address cannot be bound, and logs why.
 
     Returns:
@@ -233,8 +303,12 @@ async def start_metrics(
         without metrics, logged as an error unless ``strict``), as ``metrics: cannot listen on
         127.0.0.1:9464: Address already in use``.
     """
-    paths = (SOCKET_PATH, f"{SOCKET_PATH}.run-{os.getpid()}") if userdb else None
-    metrics = Metrics(runtime.leases, spawner_probes(runtime.spawner, paths), manager.live)
+    metrics = Metrics(
+        runtime.leases,
+        spawner_probes(runtime.spawner, userdb_path, pool_up=lambda: runtime.leases.running),
+        manager.live,
+        units=functools.partial(loaded_units, manager),
+    )
     metrics.attach(runtime, manager.hooks)
     try:
         bound = await nursery.start(serve_metrics, metrics, listen.host, listen.port)

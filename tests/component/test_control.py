@@ -27,6 +27,7 @@ import trio
 
 from activator.control import (
     MAX_CLIENTS,
+    MAX_REFUSED,
     MAX_REQUEST,
     ControlError,
     ControlSocketError,
@@ -261,6 +262,32 @@ async def test_the_65th_client_is_refused_at_once(public_dir: Path) -> None:
         assert await ask(path, "start") == ["start"]
 
 
+async def test_refusals_are_bounded_in_number_and_in_log_lines(
+    public_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every connection counts: past the clients served and the refusals being given, one more
+    is closed unanswered; a flood of refusals is one log line."""
+    monkeypatch.setattr("activator.control._LINGER", 60.0)  # refusals stay until we close them
+    path = public_dir / "control"
+    caplog.set_level(logging.INFO, logger="activator.control")
+    async with serving(path, max_clients=1), contextlib.AsyncExitStack() as stack:
+        served = await stack.enter_async_context(await trio.open_unix_socket(str(path)))
+        await served.send_all(b'{"command": "start"}\n')
+        assert (await read_line(served, bytearray()))["ok"] is True
+        too_many = {"ok": False, "error": "too many control clients (1); try again"}
+        for _ in range(MAX_REFUSED):  # each holds its place until it closes
+            stream = await stack.enter_async_context(await trio.open_unix_socket(str(path)))
+            assert await read_line(stream, bytearray()) == too_many
+        async with await trio.open_unix_socket(str(path)) as extra:
+            assert await read_to_end(extra) == b""  # no room even for a refusal
+        await stack.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        assert await ask(path, "start") == ["start"]  # their places are free again
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    why = "too many control clients (1); try again"
+    assert refusals == [f"control socket: refused PID {os.getpid()}: {why}"]
+
+
 async def test_an_idle_client_is_closed_but_a_long_command_is_not_cut(public_dir: Path) -> None:
     path = public_dir / "control"
     async with serving(path, idle_timeout=0.5):
@@ -406,7 +433,7 @@ async def test_the_configured_group_is_allowed_and_others_are_not(public_dir: Pa
         async with serving(path, group=group):
             asked = b'{"command": "status", "args": {"unit": "x"}}\n'
             allowed = {"ok": True, "result": {"command": "status", "args": {"unit": "x"}}}
-            # A supplementary group (from /proc/PID/status) ...
+            # A supplementary group (SO_PEERGROUPS: as it was at connect time) ...
             done = await socat(path, asked, *as_nobody(100, TEST_GID))
             assert json.loads(done.stdout) == allowed, done.stderr
             # ... or the primary group.

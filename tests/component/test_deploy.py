@@ -13,6 +13,7 @@ Containerfile names.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -24,6 +25,8 @@ from typing import Any, Final
 
 import pytest
 
+from activator import cli
+
 CHECKOUT: Final = Path(__file__).resolve().parents[2]
 DEPLOY: Final = CHECKOUT / "deploy"
 
@@ -34,6 +37,7 @@ CONTRACT: Final = frozenset(
         "activator_uid_leases",
         "activator_uid_pool_utilization_ratio",
         "activator_uid_pool_free",
+        "activator_uid_pool_uids",
         "activator_uid_allocations_total",
         "activator_uid_allocation_failures_total",
         "activator_uid_candidates_skipped_total",
@@ -127,7 +131,9 @@ def test_the_service_is_what_activator_needs_from_systemd() -> None:
     assert settings["Type"] == "notify"
     assert settings["NotifyAccess"] == "main"
     assert settings["KillMode"] == "mixed"
-    assert settings["Delegate"] == "yes"
+    # activator's cgroups are at <hierarchy>/activator, not below the service's: nothing to
+    # delegate (deploy/README.md says so).
+    assert "Delegate" not in settings
     assert settings["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert settings["ExecStart"].startswith("/usr/local/bin/activator serve ")
     assert "--daemon" not in settings["ExecStart"]
@@ -252,6 +258,34 @@ def test_the_dashboard_has_what_grafana_needs_and_what_the_issue_asks(
     assert any("histogram_quantile(0.99" in expr for _, expr in panel_exprs(dashboard))
 
 
+def quantity(expr: str) -> str:
+    """What a panel's expression measures, for its unit: seconds (a latency quantile), a share
+    of time (a rate of seconds), a rate of events, or a count."""
+    if "histogram_quantile(" in expr:
+        return "seconds"
+    if "rate(" in expr:
+        return "share of time" if "_seconds_total" in expr else "per second"
+    return "count"
+
+
+def test_every_panel_shows_one_quantity_per_unit(dashboard: dict[str, Any]) -> None:
+    """Series of different quantities on one panel each have a unit of their own (an override
+    for their query), never the panel's one unit for all."""
+    for panel in dashboard["panels"]:
+        overridden = {
+            override["matcher"]["options"]
+            for override in panel["fieldConfig"].get("overrides", [])
+            if override["matcher"]["id"] == "byFrameRefID"
+            and any(prop["id"] == "unit" for prop in override["properties"])
+        }
+        shared = {
+            quantity(target["expr"])
+            for target in panel["targets"]
+            if target["refId"] not in overridden
+        }
+        assert len(shared) <= 1, (panel["title"], shared)
+
+
 def test_every_expression_parses_and_names_only_contract_metrics(
     dashboard: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -316,12 +350,74 @@ def test_the_containerfile_copies_what_exists_and_serves_the_mounted_settings() 
     for sources in re.findall(r"^COPY (.+) \S+$", text, re.MULTILINE):
         for source in sources.split():
             assert (CHECKOUT / source).exists(), source
-    entry = re.search(r"^ENTRYPOINT (.+)$", text, re.MULTILINE)
-    assert entry is not None
-    assert json.loads(entry.group(1)) == [
+    assert containerfile_argv() == [
         "/usr/local/bin/activator",
         "serve",
         "--config",
         "/etc/activator/activator.toml",
     ]
     assert "\nUSER root\n" in text
+
+
+def containerfile_argv(args: list[str] | None = None) -> list[str]:
+    """The command a container of the image runs: ENTRYPOINT, then ``args`` (a Kubernetes
+    ``args:``, ``podman run IMAGE ARGS``) or else CMD, as the runtimes join them."""
+    text = (DEPLOY / "container" / "Containerfile").read_text(encoding="utf-8")
+    entry = re.search(r"^ENTRYPOINT (.+)$", text, re.MULTILINE)
+    cmd = re.search(r"^CMD (.+)$", text, re.MULTILINE)
+    assert entry is not None
+    argv: list[str] = json.loads(entry.group(1))
+    if args is not None:
+        return argv + args
+    return argv + (json.loads(cmd.group(1)) if cmd is not None else [])
+
+
+def kubernetes(name: str) -> Any:
+    """A manifest of deploy/kubernetes, parsed (PyYAML comes with kubernetes-validate)."""
+    try:
+        yaml = importlib.import_module("yaml")
+    except ImportError:
+        if os.environ.get("CI") == "true":
+            pytest.fail("PyYAML is not installed (it comes with kubernetes-validate)")
+        pytest.skip("PyYAML is not installed")
+    return yaml.safe_load((DEPLOY / "kubernetes" / name).read_text(encoding="utf-8"))
+
+
+def test_the_daemonset_runs_a_command_activator_parses() -> None:
+    """The DaemonSet's args replace the image's CMD after its ENTRYPOINT: what the pod runs must
+    be a command line activator accepts (an ENTRYPOINT that held the arguments too once made
+    ``activator serve --config X serve --config X``: exit 2, a crash loop)."""
+    (container,) = kubernetes("daemonset.yaml")["spec"]["template"]["spec"]["containers"]
+    argv = containerfile_argv(container.get("args"))
+    assert argv[0] == "/usr/local/bin/activator"
+    args = cli._parser().parse_args(argv[1:])
+    assert (args.command, args.config, args.daemon) == (
+        "serve",
+        "/etc/activator/activator.toml",
+        False,
+    )
+    # The control: the doubled command line is refused, as activator refuses it.
+    with pytest.raises(SystemExit):
+        cli._parser().parse_args([*argv[1:], *argv[1:]])
+
+
+def test_the_configmap_settings_and_units_pass_activator_check(tmp_path: Path) -> None:
+    """The files the DaemonSet projects from the ConfigMap, checked by ``activator check``."""
+    data = kubernetes("configmap.yaml")["data"]
+    volumes = kubernetes("daemonset.yaml")["spec"]["template"]["spec"]["volumes"]
+    (config,) = [volume["configMap"] for volume in volumes if "configMap" in volume]
+    for item in config["items"]:
+        target = tmp_path / item["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(data[item["key"]], encoding="utf-8")
+    assert sorted(item["key"] for item in config["items"]) == sorted(data)
+    done = run(
+        str(CHECKOUT / ".venv" / "bin" / "activator"),
+        "check",
+        "--config",
+        str(tmp_path / "activator.toml"),
+        "--units",
+        str(tmp_path / "units"),
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "echo.socket" in done.stdout + done.stderr

@@ -1,6 +1,6 @@
 """The metrics endpoint over real loopback TCP: ``/metrics`` in both formats, ``/healthz``,
-errors, and what one client may cost (head size, time, connections); ``/healthz`` with a real
-spawner that stops.
+errors, and what one client may cost (head size, time, connections, from one address or all);
+``/healthz`` with a real spawner that stops.
 
 The server is :func:`activator.metrics.serve_metrics` on 127.0.0.1, port 0, in the test's
 nursery; clients are trio TCP streams of the test's own.
@@ -8,8 +8,10 @@ nursery; clients are trio TCP streams of the test's own.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
+import attrs
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,7 +20,7 @@ from activator.leases import LeaseService
 from activator.metrics import HttpLimits, Metrics, Probes, serve_metrics, spawner_probes
 from activator.spawner import Spawner
 
-LIMITS = HttpLimits(head_size=1024, timeout=10.0, max_connections=4)
+LIMITS = HttpLimits(head_size=1024, head_timeout=2.0, timeout=10.0, max_connections=4, per_peer=3)
 
 
 def new_metrics(probes: Probes | None = None) -> Metrics:
@@ -127,7 +129,7 @@ async def test_a_request_head_past_the_limit_gets_431(port: int) -> None:
     assert split(await request(port, data))[0] == 431
 
 
-async def test_a_client_that_never_finishes_its_request_is_closed_after_the_timeout(
+async def test_a_client_that_never_finishes_its_request_head_is_closed_after_the_head_timeout(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     port = await start(nursery, new_metrics())
@@ -136,22 +138,50 @@ async def test_a_client_that_never_finishes_its_request_is_closed_after_the_time
         await stream.send_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")
         started = trio.current_time()
         assert await read_all(stream) == b""  # closed, unanswered
-        assert trio.current_time() - started == pytest.approx(LIMITS.timeout, abs=0.5)
+        assert trio.current_time() - started == pytest.approx(LIMITS.head_timeout, abs=0.5)
 
 
-async def test_a_connection_past_the_limit_is_closed_at_once_and_the_others_are_served(
-    port: int,
-) -> None:
-    held = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(LIMITS.max_connections)]
-    try:
-        await trio.testing.wait_all_tasks_blocked()
-        assert await request(port, b"GET /healthz HTTP/1.1\r\n\r\n") == b""
-        for stream in held:
-            await stream.send_all(b"GET /healthz HTTP/1.1\r\n\r\n")
-            assert split(await read_all(stream))[::2] == (200, b"ok\n")
-    finally:
-        for stream in held:
-            await stream.aclose()
+async def connect(port: int, source: str) -> trio.SocketStream:
+    """A connection from the loopback address ``source``, once the server has counted it."""
+    stream = await trio.open_tcp_stream("127.0.0.1", port, local_address=source)
+    await trio.testing.wait_all_tasks_blocked()
+    return stream
+
+
+async def closed_unanswered(stream: trio.SocketStream) -> bool:
+    """Whether the server closed ``stream`` without a word, well before any timeout."""
+    with trio.move_on_after(1.0):
+        return await stream.receive_some() == b""
+    return False
+
+
+async def answered(stream: trio.SocketStream) -> tuple[int, bytes]:
+    await stream.send_all(b"GET /healthz HTTP/1.1\r\n\r\n")
+    return split(await read_all(stream))[::2]
+
+
+async def test_silent_connections_cannot_lock_out_a_scrape(nursery: trio.Nursery) -> None:
+    """Past a cap, the oldest connection still silent is closed to make room: one address
+    (per_peer) first, then all of them (max_connections)."""
+    limits = attrs.evolve(LIMITS, head_timeout=60.0)  # no timeout during the test
+    port = await start(nursery, new_metrics(), limits)
+    async with contextlib.AsyncExitStack() as stack:
+        held = [
+            await stack.enter_async_context(await connect(port, "127.0.0.2"))
+            for _ in range(limits.per_peer)
+        ]
+        # One more from the same address: its oldest silent connection goes.
+        newest = await stack.enter_async_context(await connect(port, "127.0.0.2"))
+        assert await closed_unanswered(held[0])
+        held = [*held[1:], newest]
+        other = await stack.enter_async_context(await connect(port, "127.0.0.3"))
+        # Every slot is taken (4): a scrape from a third address still gets in, and the oldest
+        # silent connection of all is closed for it.
+        assert await get(port, "/healthz") == (200, "text/plain; charset=utf-8", "ok\n")
+        assert await closed_unanswered(held[0])
+        # The others were left alone and are answered when they ask.
+        for stream in (*held[1:], other):
+            assert await answered(stream) == (200, b"ok\n")
     # Their slots are free again.
     assert (await get(port, "/healthz"))[0] == 200
 

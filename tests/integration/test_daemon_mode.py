@@ -19,6 +19,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,6 +42,17 @@ pytestmark = pytest.mark.root
 
 #: How long a daemon has to start, or to stop after SIGTERM.
 TIMEOUT = 30.0
+#: The daemons' own pool, which no other test uses: "no lease left" looks at these UIDs only
+#: (tests running at the same time hold leases of their own pools).
+POOL_FIRST = 65460
+POOL_LAST = 65475
+POOL = f"[pool]\nfirst = {POOL_FIRST}\nlast = {POOL_LAST}\n"
+
+
+def leases_left() -> list[str]:
+    """The lease lock files of this module's pool that exist now."""
+    return [name for name in lease_files() if POOL_FIRST <= int(name) <= POOL_LAST]
+
 
 ECHO = {
     "echo.socket": "[Socket]\nListenStream=127.0.0.1:{port}\nAccept=yes\n",
@@ -110,7 +122,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     port = free_port()
     write_units(tmp_path / "units", {k: v.format(port=port) for k, v in ECHO.items()})
     log = tmp_path / "activator.log"
-    config = write_config(tmp_path, f'target = "{log}"\n')
+    config = write_config(tmp_path, f'target = "{log}"\n{POOL}')
     made = Setup(config, log, tmp_path / "run" / "activator.pid", port)
     yield made
     pid = made.pid()
@@ -134,7 +146,7 @@ def test_a_daemon_serves_until_sigterm_through_its_pidfile_and_leaves_nothing(
     assert alive(pid)
     # Ready means listening: the command returned, so the first connection is served.
     with Client(("127.0.0.1", setup.port)) as client:
-        printed_uid(client.line())
+        assert POOL_FIRST <= printed_uid(client.line()) <= POOL_LAST
         client.send(b"hello daemon\n")
         assert client.line() == "hello daemon"
     # Detached: no terminal, stdio on /dev/null, not a session leader, / and umask 022.
@@ -148,7 +160,7 @@ def test_a_daemon_serves_until_sigterm_through_its_pidfile_and_leaves_nothing(
     os.kill(pid, signal.SIGTERM)
     wait_gone(pid)
     assert not setup.pidfile.exists()
-    assert lease_files() == []
+    assert leases_left() == []
     names = [e.get("event") for e in setup.events()]
     for name in ("listening", "ready", "invocation", "stopped"):
         assert name in names, f"no {name} event in the log file: {names}"
@@ -169,7 +181,7 @@ def test_a_second_daemon_with_the_same_pidfile_is_refused_before_detaching(
     os.kill(pid, signal.SIGTERM)
     wait_gone(pid)
     assert not setup.pidfile.exists()
-    assert lease_files() == []
+    assert leases_left() == []
 
 
 def test_a_daemon_that_cannot_start_tells_the_command_why(
@@ -213,6 +225,40 @@ def test_a_stale_pidfile_from_a_killed_daemon_does_not_block_the_next_start(
     assert not setup.pidfile.exists()
 
 
+def test_a_daemon_not_ready_in_time_is_reported_and_the_command_exits_1(tmp_path: Path) -> None:
+    """The command never waits for ever: a daemon that is not ready after the ready timeout is
+    named, and goes on (here, one that never gets ready: detach.start under a script)."""
+    pidfile = tmp_path / "run" / "slow.pid"
+    code = (
+        "import sys, time\n"
+        "from activator import detach\n"
+        "started = detach.start(sys.argv[1], [], ready_timeout=1.0)\n"
+        "if isinstance(started, int):\n"
+        "    sys.exit(started)\n"
+        "with started:\n"
+        "    time.sleep(60)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(pidfile)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        cwd=CHECKOUT,
+        check=False,
+    )
+    pid = int(pidfile.read_text(encoding="ascii"))
+    try:
+        assert done.returncode == 1, done.stderr
+        assert done.stderr == (
+            f"activator: daemon PID {pid} not ready after 1 s (it goes on starting; its log "
+            "says what it does)\n"
+        )
+        assert alive(pid)
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_gone(pid)
+
+
 def connect_when_listening(address: tuple[str, int], timeout: float = TIMEOUT) -> Client:
     """A connection to ``address`` once something listens there (refused until then)."""
     deadline = time.monotonic() + timeout
@@ -237,6 +283,7 @@ def test_systemd_socket_activate_hands_its_socket_over_on_the_first_connection(
     wrapper = [tool, "-l", f"127.0.0.1:{port}", "--fdname=echo.socket", "-E", "PATH"]
     running = server(
         {k: v.format(port=port) for k, v in ECHO.items()},
+        POOL,
         strict=True,  # activator cannot bind the port itself: without the handover, no start
         wrapper=wrapper,
         env={"SYSTEMD_LOG_LEVEL": "warning"},
@@ -250,4 +297,4 @@ def test_systemd_socket_activate_hands_its_socket_over_on_the_first_connection(
         assert client.line() == "handed over"
     running.wait_for(lambda e: e.get("event") == "invocation")
     assert running.stop() == 0
-    assert lease_files() == []
+    assert leases_left() == []

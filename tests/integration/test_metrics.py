@@ -20,7 +20,6 @@ import pytest
 
 from tests.integration.conftest import printed_uid
 from tests.integration.prometheus import (
-    SCRAPE_TIMEOUT,
     Samples,
     check_metrics,
     parse,
@@ -43,6 +42,12 @@ PAST_THE_POOL: Final = 8
 #: The flood's connect-and-close burst: at most this many connections, for at most this long.
 BURST_CONNECTIONS: Final = 2000
 BURST_SECONDS: Final = 10.0
+#: Connections of the burst made before the endpoint is scraped during it.
+BURST_UNDER_WAY: Final = 200
+#: Scrapes during the burst, and the bound on each: an idle scrape takes milliseconds, and one
+#: that waited behind the flood (an accept loop holding the event loop) would take seconds.
+SCRAPES_IN_THE_BURST: Final = 5
+SCRAPE_IN_THE_BURST_BOUND: Final = 1.0
 
 SOCKET_UNIT: Final = "m7echo.socket"
 SERVICE_LABEL: Final = "m7echo@.service"
@@ -69,6 +74,13 @@ def samples(metrics_port: int) -> Samples:
 
 def invocations_done(running: Server, count: int) -> None:
     running.wait_for(lambda e: e.get("event") == "invocation", 30, count=count)
+
+
+def spawn_failures(metrics: Samples) -> float:
+    """Every spawn failure of the echo, any stage (its series exist, at 0, from the start)."""
+    stages = [labels for name, labels in metrics if name == "activator_spawn_failures_total"]
+    assert stages, "no activator_spawn_failures_total series"
+    return sum(metrics[("activator_spawn_failures_total", labels)] for labels in stages)
 
 
 def assert_idle(metrics: Samples) -> None:
@@ -171,13 +183,23 @@ def test_under_a_flood_past_the_pool_the_endpoint_answers_and_every_gauge_return
         running.wait_for(lambda e: e.get("event") == "reject", 30, count=PAST_THE_POOL)
 
         with connect_and_close(port) as made:
-            # While the pool is full and connections keep coming, the endpoint answers.
-            full = scrape(metrics_port)
-            health = scrape(metrics_port, "/healthz")
-        assert made, "the burst made no connection"
-        assert full.status == 200
-        assert (health.status, health.body) == (200, "ok\n")
-        assert full.seconds < SCRAPE_TIMEOUT
+            deadline = time.monotonic() + BURST_SECONDS
+            while len(made) < BURST_UNDER_WAY:  # the flood is under way
+                assert time.monotonic() < deadline, f"the burst made {len(made)} connections"
+                time.sleep(0.01)
+            # While the pool is full and connections keep coming, the endpoint answers, each
+            # time, quickly.
+            scrapes = []
+            for _ in range(SCRAPES_IN_THE_BURST):
+                scrapes += [scrape(metrics_port), scrape(metrics_port, "/healthz")]
+            during = len(made)
+        assert during > BURST_UNDER_WAY, "the burst stopped before the scrapes"
+        for got in scrapes:
+            assert got.status == 200, got
+            assert got.seconds < SCRAPE_IN_THE_BURST_BOUND, got
+        health = scrapes[-1]
+        assert health.body == "ok\n"
+        full = scrapes[-2]
         metrics = parse(full.body)
         assert value(metrics, "activator_uid_pool_utilization_ratio") == 1.0
         assert value(metrics, "activator_uid_pool_free") == 0
@@ -187,6 +209,14 @@ def test_under_a_flood_past_the_pool_the_endpoint_answers_and_every_gauge_return
         assert exhausted >= PAST_THE_POOL
         rejected = {"unit": SOCKET_UNIT, "reason": "exhausted"}
         assert value(metrics, "activator_connections_rejected_total", **rejected) >= PAST_THE_POOL
+        # A refusal for want of a UID is no spawn failure, and no failed invocation.
+        assert spawn_failures(metrics) == 0
+        no_uid = {"unit": SERVICE_LABEL, "result": "rejected"}
+        assert value(metrics, "activator_invocations_total", **no_uid) >= PAST_THE_POOL
+        assert (
+            "activator_invocations_total",
+            (("result", "failure"), ("unit", SERVICE_LABEL)),
+        ) not in metrics
     # The held clients are closed: their handlers end.
     total = POOL_SIZE + PAST_THE_POOL + len(made)
     accepted = running.wait_for(
@@ -199,6 +229,7 @@ def test_under_a_flood_past_the_pool_the_endpoint_answers_and_every_gauge_return
     assert value(after, "activator_uid_allocation_failures_total", reason="exhausted") == value(
         after, "activator_connections_rejected_total", unit=SOCKET_UNIT, reason="exhausted"
     )
+    assert spawn_failures(after) == 0
     assert running.stop() == 0
     assert not [name for name in lease_files() if int(name) in POOL], "leases left"
 

@@ -9,10 +9,13 @@ import logging
 import os
 import socket
 import stat
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
 from activator import logs
 from activator.settings import LogFormat
@@ -184,3 +187,86 @@ def test_syslog_never_blocks_a_full_queue_drops_lines_and_says_how_many(
         lost, after = syslogd.recv(4096).decode(), syslogd.recv(4096).decode()
         assert lost.endswith(f"warning: {dropped} log lines lost: the syslog socket was full")
         assert after.endswith("]: after")
+
+
+def test_once_trio_runs_a_file_is_written_by_a_thread_of_its_own(tmp_path: Path) -> None:
+    path = tmp_path / "activator.log"
+    handler = logs.LogFileHandler(str(path))
+    handler.setFormatter(logs.PlainFormatter())
+    logger = logging.getLogger("activator.test.writer")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("before trio")  # at once, no thread (Rule 4)
+        assert path.read_text(encoding="utf-8") == "activator: warning: before trio\n"
+        assert not any(t.name == "activator-log-writer" for t in threading.enumerate())
+
+        async def main() -> None:
+            for n in range(100):
+                logger.warning("line %d", n)
+            assert any(t.name == "activator-log-writer" for t in threading.enumerate())
+
+        trio.run(main)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()  # writes what is queued
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines == ["activator: warning: before trio"] + [
+        f"activator: warning: line {n}" for n in range(100)
+    ]
+
+
+def test_a_file_that_takes_no_more_drops_lines_and_says_how_many_never_blocking(
+    tmp_path: Path,
+) -> None:
+    """A full FIFO nobody reads stands for a disk that stalls: logging goes on (the writer
+    thread waits, the queue fills, lines are dropped and counted), and once it drains, the file
+    says how many were lost; every line is either written or counted."""
+    path = tmp_path / "activator.log"
+    os.mkfifo(path)
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    stuffer = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(stuffer, b"\n" * 4096)  # the pipe is full: the writer will wait
+    os.close(stuffer)
+    handler = logs.LogFileHandler(str(path), queue_size=10)
+    handler.setFormatter(logs.PlainFormatter())
+    logger = logging.getLogger("activator.test.stalled")
+    logger.addHandler(handler)
+    logger.propagate = False
+    got = b""
+
+    def drain() -> bytes | None:
+        """What the FIFO holds now (b"" at its end); None when it is empty for now."""
+        try:
+            return os.read(reader, 1 << 16)
+        except BlockingIOError:
+            time.sleep(0.01)
+            return None
+
+    try:
+
+        async def main() -> None:
+            for n in range(300):
+                logger.warning("line %d", n)
+
+        trio.run(main)  # returns: nothing waited on the stalled file
+        deadline = time.monotonic() + 30
+        while b"log lines lost" not in got:
+            assert time.monotonic() < deadline, got[-300:]
+            got += drain() or b""
+    finally:
+        logger.removeHandler(handler)
+        handler.close()  # what is queued is written, and the FIFO's last writer closes
+    deadline = time.monotonic() + 30
+    while (chunk := drain()) != b"":  # the end: the handler closed the FIFO's last writer
+        assert time.monotonic() < deadline, got[-300:]
+        got += chunk or b""
+    lines = [line for line in got.decode().splitlines() if line]
+    notices = [line for line in lines if "log lines lost" in line]  # one per stall seen
+    lost = sum(int(line.removeprefix("activator: warning: ").split()[0]) for line in notices)
+    written = [line for line in lines if line.startswith("activator: warning: line ")]
+    assert lost > 0
+    assert len(written) + lost == 300
+    assert handler.dropped == 0

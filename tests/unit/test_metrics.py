@@ -1,5 +1,12 @@
-"""The metrics contract (/tmp/briefs/metrics-names.md, the names dashboards and alerts rely on):
-every name, type, label and HELP as scraped, and what the hooks count.
+"""The metrics contract (issue 7: the names dashboards and alert rules rely on): every name, type,
+label and HELP as scraped, and what the hooks count.
+
+The contract, in short: the ``activator_`` prefix and a HELP text on every metric; base units in
+names; ``unit`` labels are socket unit names for connection metrics and service unit names for
+invocation metrics (the template, ``echo@.service``, for per-connection instances, never
+``echo@3-1.2.3.4:5-...``); every other label takes a value of a fixed set (reasons, sources,
+stages, states, results), never a peer or a UID. :data:`CONTRACT` below lists every name with
+its type and labels.
 
 The scrape is prometheus-client's own text rendering of activator's registry, parsed back with
 its parser; the lease service is a real one, not started (its pool is pure state), and the hooks
@@ -11,6 +18,7 @@ from __future__ import annotations
 from typing import Final
 
 import pytest
+import trio
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as om_latest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
@@ -22,6 +30,7 @@ from activator.leases import LeaseService
 from activator.manager import Live
 from activator.metrics import (
     HttpError,
+    HttpLimits,
     Metrics,
     Probes,
     Request,
@@ -30,6 +39,7 @@ from activator.metrics import (
     parse_request,
     unit_label,
 )
+from activator.metrics._http import _Client, _make_room
 from activator.model import build_service
 from activator.spawner import ExitStatus
 from activator.uidpool import Lease, Source
@@ -41,6 +51,7 @@ CONTRACT: Final = {
     "activator_uid_leases": ("gauge", ("unit",)),
     "activator_uid_pool_utilization_ratio": ("gauge", ()),
     "activator_uid_pool_free": ("gauge", ()),
+    "activator_uid_pool_uids": ("gauge", ("state",)),
     "activator_uid_allocations": ("counter", ("source",)),
     "activator_uid_allocation_failures": ("counter", ("reason",)),
     "activator_uid_candidates_skipped": ("counter", ("reason",)),
@@ -73,10 +84,27 @@ def metrics(
     last: int = 64015,
     *,
     spawner_up: bool = True,
+    pool_up: bool = True,
     live: dict[str, Live] | None = None,
+    units: list[str] | None = None,
 ) -> Metrics:
-    probes = Probes(lambda: spawner_up, lambda: 2, lambda: True)
-    return Metrics(LeaseService(first, last), probes, {} if live is None else live, process=False)
+    probes = Probes(lambda: spawner_up, lambda: 2, lambda: True, lambda: pool_up)
+    return Metrics(
+        LeaseService(first, last),
+        probes,
+        {} if live is None else live,
+        process=False,
+        units=None if units is None else lambda: units,
+    )
+
+
+def has(m: Metrics, sample: str, **labels: str) -> bool:
+    """Whether the scrape has that sample."""
+    try:
+        value(m, sample, **labels)
+    except AssertionError:
+        return False
+    return True
 
 
 def running(
@@ -137,7 +165,7 @@ def test_every_metric_of_the_contract_is_scraped_with_its_type_labels_and_help()
     m.accepted("echo.socket")
     m.rejected("echo.socket", "exhausted")
     m.finished(outcome(timings=(("run", 0.5),)))
-    m.finished(outcome(status=None, stage="lease", reason="exhausted", failure="no UID"))
+    m.finished(outcome(status=None, stage="exec", reason="exec", failure="exec: ENOENT"))
     m.allocated(lease(), 0.001)
     hold(m, lease())
     scraped = scrape(m)
@@ -171,8 +199,12 @@ def test_the_pool_gauges_read_the_lease_service_at_scrape_time() -> None:
     assert value(m, "activator_uid_pool_size") == 4
     assert value(m, "activator_uid_pool_utilization_ratio") == 0.25
     assert value(m, "activator_uid_leases", unit="echo@.service") == 1
+    states = {"free": 3, "taken": 0, "leased": 1, "cooling": 0, "busy": 0, "unchecked": 0}
+    for state, count in states.items():
+        assert value(m, "activator_uid_pool_uids", state=state) == count
     m.leases.pool.release(64000, 0.0)
     assert value(m, "activator_uid_pool_utilization_ratio") == 0
+    assert value(m, "activator_uid_pool_uids", state="free") == 4  # no reuse delay here
     # A unit seen once keeps its series, at 0.
     assert value(m, "activator_uid_leases", unit="echo@.service") == 0
 
@@ -230,6 +262,49 @@ def test_an_invocation_that_never_ran_is_a_spawn_failure_of_its_stage() -> None:
     assert value(m, "activator_invocations_total", unit="echo@.service", result="failure") == 1
 
 
+@pytest.mark.parametrize("reason", ["exhausted", "queue_full", "wait_timeout"])
+def test_a_connection_the_pool_refused_is_rejected_not_a_spawn_failure(reason: str) -> None:
+    m = metrics()
+    m.finished(outcome(status=None, stage="lease", reason=reason, failure="no UID"))
+    assert value(m, "activator_invocations_total", unit="echo@.service", result="rejected") == 1
+    assert not has(m, "activator_invocations_total", unit="echo@.service", result="failure")
+    assert value(m, "activator_spawn_failures_total", unit="echo@.service", stage="lease") == 0
+    # A lease that failed otherwise (a lock file that cannot be made) is a spawn failure.
+    m.finished(outcome(status=None, stage="lease", reason="lease", failure="EROFS"))
+    assert value(m, "activator_spawn_failures_total", unit="echo@.service", stage="lease") == 1
+
+
+def test_spawn_failures_start_at_zero_for_every_stage_of_a_unit_seen_or_loaded() -> None:
+    """An alert on increase() sees a unit's first failure only if the series was 0 before."""
+    m = metrics(units=["web.service"])
+    for stage in ("lease", "cgroup", "mount", "exec"):
+        assert value(m, "activator_spawn_failures_total", unit="web.service", stage=stage) == 0
+    m = metrics()  # the manager does not say which units are loaded: those seen
+    m.started(CONNECTION_UNIT, "i1", 0.001)
+    assert value(m, "activator_spawn_failures_total", unit="echo@.service", stage="exec") == 0
+
+
+def test_the_series_of_a_unit_no_longer_loaded_are_dropped_unless_it_still_runs() -> None:
+    loaded = ["echo@.service", "web.service"]
+    live = {"i1": running(invocation="i1")}
+    m = metrics(live=live, units=loaded)
+    m.finished(outcome(invocation="i0"))
+    m.finished(outcome("web.service", invocation="i2", status=ExitStatus(1, None)))
+    assert value(m, "activator_invocations_active", unit="echo@.service") == 1
+    loaded.clear()  # both unloaded; echo@.service still has an invocation running
+    assert value(m, "activator_invocations_active", unit="echo@.service") == 1
+    assert value(m, "activator_invocations_total", unit="echo@.service", result="success") == 1
+    assert not has(m, "activator_invocations_total", unit="web.service", result="failure")
+    assert not has(m, "activator_handler_exits_total", unit="web.service", how="exited", status="1")
+    assert not has(m, "activator_spawn_failures_total", unit="web.service", stage="exec")
+    live.clear()
+    assert not has(m, "activator_invocations_active", unit="echo@.service")
+    assert not has(m, "activator_spawn_failures_total", unit="echo@.service", stage="exec")
+    # Loaded again: back at 0 (a counter that restarts is what Prometheus expects of a reset).
+    loaded.append("web.service")
+    assert value(m, "activator_spawn_failures_total", unit="web.service", stage="exec") == 0
+
+
 def test_a_lease_is_timed_from_its_allocation_to_its_release() -> None:
     m = metrics()
     m.allocated(lease("i1"), 0.002)
@@ -275,6 +350,7 @@ def test_process_health_reads_the_probes() -> None:
     assert value(m, "activator_spawner_restarts_total") == 2
     assert value(m, "activator_userdb_up") == 1
     assert m.health() == "spawner: not running"
+    assert metrics(pool_up=False).health() == "pool: the lease service is not running"
     assert metrics().health() is None
 
 
@@ -312,6 +388,8 @@ def test_invocation_results() -> None:
     assert invocation_result(outcome(status=ExitStatus(1, None))) == "failure"
     assert invocation_result(outcome(status=None, stage="mount", failure="x")) == "failure"
     assert invocation_result(outcome(status=ExitStatus(None, 15), stopped=True)) == "stopped"
+    refused = outcome(status=None, stage="lease", reason="queue_full", failure="x")
+    assert invocation_result(refused) == "rejected"
 
 
 # --- HTTP requests ------------------------------------------------------------------------------
@@ -336,3 +414,24 @@ def test_a_malformed_request_head_gets_an_error(head: bytes, status: int) -> Non
     parsed = parse_request(head)
     assert isinstance(parsed, HttpError)
     assert parsed.status == status
+
+
+# --- who gets a connection slot -----------------------------------------------------------------
+
+
+def test_room_is_made_by_closing_the_oldest_silent_connection_never_one_being_answered() -> None:
+    limits = HttpLimits(max_connections=3, per_peer=2)
+
+    def client(peer: str, *, reading: bool = True) -> _Client:
+        return _Client(peer, trio.CancelScope(), reading=reading)
+
+    answering, silent, other = client("a", reading=False), client("a"), client("b")
+    clients = [answering, silent, other]
+    assert _make_room(clients, "a", limits)  # a's cap: its silent one goes, not the answered
+    assert (answering.evicted, silent.evicted, other.evicted) == (False, True, False)
+    clients = [answering, other, client("c", reading=False)]
+    assert _make_room(clients, "d", limits)  # the cap of all: the oldest silent one
+    assert other.evicted
+    busy = [client(peer, reading=False) for peer in "xyz"]
+    assert not _make_room(busy, "w", limits)  # all being answered: no room, nobody closed
+    assert not any(c.evicted for c in busy)
