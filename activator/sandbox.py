@@ -18,8 +18,10 @@ a failure report (``mount /var/lib/private: Permission denied``):
    child unshares the mount, IPC and network namespaces it asks for.
 3. ``mount``: make ``/`` recursively private, open the sources of every bind mount (before any
    later mount can cover them), then apply :attr:`SpawnPlan.mounts` in order.
-4. ``rlimit``, ``nice``, ``umask``, ``fds`` (each passed descriptor to its target numbers,
-   every other descriptor closed, unmapped 0/1/2 to ``/dev/null``), ``chdir``.
+4. ``fds`` (each passed descriptor to its target numbers, every other descriptor closed,
+   unmapped 0/1/2 to ``/dev/null``), then ``rlimit``, ``nice``, ``umask``, ``chdir``: the
+   limits come after the descriptors, since until its exec the child holds every descriptor
+   of the spawner (one or two per live handler), more than a ``LimitNOFILE=`` may allow.
 5. ``session``: ``setsid``, and ``TIOCSCTTY`` on fd 0 with ``controlling_tty``.
 6. ``keyring``: join a new session keyring of the handler's own (systemd's
    ``KeyringMode=private``), so no handler reaches another's keys or the activator's.

@@ -6,7 +6,7 @@ guarantees the exit even for an exception nobody expected, so a child never runs
 spawner's loop.
 
 Rule 2: the stages run in the order :mod:`activator.sandbox` documents (cgroup, namespaces,
-mount, rlimit, nice, umask, fds, chdir, privileges, keyring, exec), and a failure names its
+mount, fds, rlimit, nice, umask, chdir, session, keyring, privileges, exec), and a failure names its
 stage and the thing at fault: ``mount /var/lib/private: Permission denied``.
 
 Rule 3: the child dies with the spawner. ``PR_SET_PDEATHSIG`` (SIGKILL) is set first thing and
@@ -267,8 +267,11 @@ class _Child:
         self.cgroup()
         self.namespaces()
         self.mounts()
-        self.limits()
+        # Descriptors before limits: the child still holds every descriptor of the spawner
+        # (close-on-exec, so until its exec), one or two per live handler, and a
+        # LimitNOFILE= below that count would make the copies above the targets fail (EMFILE).
         self.descriptors()
+        self.limits()
         self.chdir()
         self.session()
         # As root: the keyring is then charged to root, not to the handler's UID, so the UID's

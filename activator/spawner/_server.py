@@ -32,6 +32,7 @@ import errno as errnos
 import gc
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -354,11 +355,22 @@ def _failure(child: _Child, status: int) -> dict[str, object]:
     return {"id": child.id, "event": "failed", "stage": stage, "errno": error, "message": message}
 
 
+def _raise_nofile() -> None:
+    """The soft RLIMIT_NOFILE up to the hard one: the spawner holds a pidfd per live handler
+    (4336 with a full default pool), beyond the usual soft 1024. Each handler gets its own
+    ``LimitNOFILE=`` from its plan."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv: Sequence[str]) -> int:
     """The spawner process: ``argv`` is the number of its end of the control socketpair."""
     if len(argv) != 1 or not argv[0].isdigit():
         print("usage: python -m activator.spawner CONTROL_FD", file=sys.stderr)
         return 2
+    _raise_nofile()
     control = socket.socket(fileno=int(argv[0]))
     control.set_inheritable(False)
     control.setblocking(True)
