@@ -14,15 +14,17 @@ wait on our own event loop.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import resource
 import signal
 import socket
 from collections.abc import AsyncIterator, Sequence
 
 import trio
 
-from activator import detach, listener, logs, uidstore
+from activator import detach, listener, logs, loopwatch, uidstore
 from activator.catalog import Catalog
 from activator.instances import EnabledUnits
 from activator.loader import load_catalog
@@ -87,8 +89,18 @@ def _serve(
         logger.error("--strict: not serving, the units have errors")
         return 2
     uidstore.bypass_own_userdb()
+    _raise_nofile()  # before the spawner, which inherits it
     spawner = Spawner.launch()
-    fatal = trio.run(_main, settings, list(directories), catalog, spawner, inherited, strict)
+    fatal = trio.run(
+        _main,
+        settings,
+        list(directories),
+        catalog,
+        spawner,
+        inherited,
+        strict,
+        instruments=loopwatch.instruments(),  # off unless $ACTIVATOR_LOOP_WATCH names a file
+    )
     if fatal is not None:  # only with --strict: a socket that could not be made
         logger.error("--strict: not serving: %s", fatal)
         return 2
@@ -135,6 +147,16 @@ async def _main(
         finally:
             with trio.CancelScope(shield=True):
                 await spawner.aclose()
+
+
+def _raise_nofile() -> None:
+    """The soft RLIMIT_NOFILE up to the hard one, as systemd does for itself: a live connection
+    holds two descriptors (its pidfd, and the connection until the handler has it), and a full
+    pool is 4336 of them (a handler gets its own LimitNOFILE= from its plan)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(OSError, ValueError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 async def _handle_signals(signals: AsyncIterator[int], manager: Manager) -> None:

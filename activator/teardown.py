@@ -318,6 +318,14 @@ class Cgroups:
             mounts.insert(0, self.unified)
         return tuple(dict.fromkeys(mounts))
 
+    def hierarchies_for(self, limits: CgroupLimits) -> tuple[str, ...]:
+        """The mount points an invocation with ``limits`` gets a directory in, v2 first.
+
+        Raises:
+            TeardownError: a limit's controller is missing on this host.
+        """
+        return tuple(root for root, _ in self._roots_for(limits))
+
     def _roots_for(self, limits: CgroupLimits) -> list[tuple[str, list[str]]]:
         """The hierarchies an invocation with ``limits`` needs, each with the controllers to
         limit there."""
@@ -385,7 +393,16 @@ class Cgroups:
         unit_path = f"{root}/{self.base}/{unit_dir}"
         path = f"{unit_path}/{invocation_dir}"
         for _ in range(3):
-            _mkdir(unit_path)
+            try:
+                os.mkdir(unit_path, 0o755)
+            except FileExistsError:
+                pass
+            except FileNotFoundError:
+                # The base is gone: another activator sharing it removed it at its exit.
+                self._make_base(root)
+                continue
+            except OSError as error:
+                raise _fail(error, "mkdir", unit_path) from error
             if root == self.unified and self.unified_controllers:
                 wanted = " ".join(f"+{c}" for c in sorted(self.unified_controllers))
                 try:
@@ -403,6 +420,13 @@ class Cgroups:
             return path
         msg = f"mkdir {path}: its parent keeps disappearing"
         raise TeardownError(msg)
+
+    def _make_base(self, root: str) -> None:
+        """Make ``<root>/<base>`` again (as :meth:`detect` did), with its controllers in v2."""
+        _mkdir(f"{root}/{self.base}")
+        if root == self.unified:
+            for controller in sorted(self.unified_controllers):
+                _write(f"{root}/{self.base}/cgroup.subtree_control", f"+{controller}")
 
     def pids(self, cgroup: Cgroup) -> set[int]:
         """The processes in the cgroup, in any of its hierarchies."""
