@@ -197,6 +197,7 @@ async def run_invocation(
     on_spawned: Callable[[], None] | None = None,
     stop_request: StopRequest | None = None,
     on_identity: Callable[[int, str], None] | None = None,
+    on_not_spawned: Callable[[], None] | None = None,
 ) -> Outcome:
     """Run one invocation of ``service`` to its end and give back everything it took.
 
@@ -212,6 +213,9 @@ async def run_invocation(
             its own, as the listener does with a connection).
         stop_request: stops the handler early when requested (see :class:`StopRequest`).
         on_identity: called with the UID and user name once they are known (for status).
+        on_not_spawned: called, before the teardown, when no handler will run (the caller may
+            close what it kept for the handler: a client then sees the end at once, not after
+            a teardown that waits out a shortage of descriptors).
     """
     invocation = invocation or new_invocation_id()
     unit = service.name.name
@@ -223,6 +227,7 @@ async def run_invocation(
     status: ExitStatus | None = None
     failure: _Failed | None = None
     vacated_how = "never ran"
+    spawned = False
     try:
         try:
             identity, lease = await _identity(runtime, service, invocation, per_connection)
@@ -302,6 +307,7 @@ async def run_invocation(
                 for _, fd in opened:  # the handler has its copies, or never will
                     os.close(fd)
             clock.lap("spawn")
+            spawned = True
             if on_spawned is not None:
                 on_spawned()
             if runtime.on_started is not None:
@@ -317,6 +323,8 @@ async def run_invocation(
         except PoolExhausted as error:
             failure = _Failed(stage="lease", message=str(error), reason=error.reason)
         finally:
+            if not spawned and on_not_spawned is not None:
+                on_not_spawned()
             with trio.CancelScope(shield=True):
                 await _teardown(runtime, service, cgroup, lease, vacated_how, unit)
             clock.lap("teardown")

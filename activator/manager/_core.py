@@ -590,6 +590,7 @@ class Manager:
                 connection=True,
                 socket_unit=state.name,
                 on_spawned=conn.close,  # the handler has it: our copy goes at once
+                on_not_spawned=conn.close,  # no handler: the client sees the end at once
             )
             if outcome.reason in _REJECT_REASONS:
                 self._reject(state.name, peer, outcome.reason or "")
@@ -614,6 +615,7 @@ class Manager:
         on_spawned: Callable[[], None] | None = None,
         stop: StopRequest | None = None,
         connection: bool = False,
+        on_not_spawned: Callable[[], None] | None = None,
     ) -> Outcome:
         """Run one invocation to its end. ``per_connection``: a fresh user of its own (a plain
         socket's connection); ``connection``: it serves one connection (a drain gives it
@@ -675,6 +677,7 @@ class Manager:
                 on_spawned=spawned,
                 stop_request=live.stop,
                 on_identity=functools.partial(_identify, live),
+                on_not_spawned=on_not_spawned,
             )
         finally:
             if log_write >= 0:

@@ -246,7 +246,12 @@ async def test_descriptors_land_on_their_targets_and_nothing_else_is_open(
     (tmp_path / "in").write_text("from descriptor 3\n")
     read_end, write_end = os.pipe()
     source = os.open(tmp_path / "in", os.O_RDONLY)
-    script = "cat <&3; echo to-4 >&4; echo $LISTEN_PID; ls /proc/$$/fd | tr '\\n' ' '"
+    # The shell lists its own descriptors itself: a pipeline to ls would race with the shell
+    # closing the pipe's ends. The glob's own directory descriptor is the last one listed.
+    script = (
+        "cat <&3; echo to-4 >&4; echo $LISTEN_PID; "
+        "for f in /proc/$$/fd/*; do printf '%s ' ${f##*/}; done"
+    )
     # Passed descriptor 0 (the pipe) lands on 1 and 4, passed descriptor 1 (the file) on 3:
     # targets collide with whatever numbers the sources have in the spawner.
     plan = plan_of(
@@ -263,7 +268,8 @@ async def test_descriptors_land_on_their_targets_and_nothing_else_is_open(
         os.close(source)
     output = await read_all(read_end)
     assert await handler.wait() == ExitStatus(0, None)
-    assert output == "from descriptor 3\nto-4\n1\n0 1 2 3 4 "
+    # 0-4 as placed, 5 the glob's directory: nothing else.
+    assert output == "from descriptor 3\nto-4\n1\n0 1 2 3 4 5 "
 
 
 async def test_mounts_limits_umask_nice_and_directory(spawner: Spawner, tmp_path: Path) -> None:

@@ -211,7 +211,9 @@ def answered_or_accept_failed(running: Server, client: Client) -> None:
     deadline = time.monotonic() + CLIENT_DEADLINE
     while not any(map(accept_failed, running.events)):
         left = deadline - time.monotonic()
-        assert left > 0, f"no answer and no accept() warning in {CLIENT_DEADLINE} s"
+        assert left > 0, (
+            f"no answer and no accept() warning in {CLIENT_DEADLINE} s: {running.events[-12:]}"
+        )
         if not nothing_arrives(client, min(left, 0.05)):
             return
 
