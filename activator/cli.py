@@ -170,15 +170,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _serve(args: argparse.Namespace, err: TextIO) -> int:
     from activator import daemon, detach, logs  # trio and the sandbox: not needed by `check`
 
-    problems: list[Problem] = []
-    try:
-        settings = load_settings(args.config, units_override=args.units, on_warning=problems.append)
-    except ConfigError as error:
-        for problem in (*problems, *error.problems):
-            print(f"activator: {_problem_line(problem)}", file=err)
+    settings = settings_or_report(args.config, err, units=args.units)
+    if settings is None:
         return 2
-    for problem in problems:
-        print(f"activator: {_problem_line(problem)}", file=err)
     if os.geteuid() != 0:
         print("activator: serve needs root (namespaces, mounts and UIDs of the pool)", file=err)
         return 1
@@ -260,6 +254,22 @@ def _run(args: argparse.Namespace, err: TextIO) -> int:
 
 def _problem_line(problem: Problem) -> str:
     return f"{'' if problem.is_error else 'warning: '}{problem}"
+
+
+def settings_or_report(
+    config: str | None, err: TextIO, *, units: Sequence[str] = ()
+) -> Settings | None:
+    """The settings of ``config`` (``--units`` applied), each warning printed to ``err``; None,
+    with every problem printed, when they have errors (the caller exits 2)."""
+    problems: list[Problem] = []
+    try:
+        settings = load_settings(config, units_override=units, on_warning=problems.append)
+    except ConfigError as error:
+        problems.extend(error.problems)
+        settings = None
+    for problem in problems:
+        print(f"activator: {_problem_line(problem)}", file=err)
+    return settings
 
 
 # ---------------------------------------------------------------------------------------------

@@ -44,9 +44,6 @@ from typing import Final, TextIO
 
 import attrs
 
-from activator.errors import ConfigError, Problem
-from activator.settings import load_settings
-
 #: Seconds to wait for a query's reply, and for a command that changes things (a stop waits for
 #: ``TimeoutStopSec=``, systemd's default 90 s, of each invocation it stops).
 QUERY_TIMEOUT: Final = 60.0
@@ -150,15 +147,11 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     """Run a parsed control subcommand; returns the exit code (Rule 1)."""
     path = args.control
     if path is None:
-        problems: list[Problem] = []
-        try:
-            settings = load_settings(args.config, on_warning=problems.append)
-        except ConfigError as error:
-            for problem in (*problems, *error.problems):
-                print(f"activator: {_problem_line(problem)}", file=err)
+        from activator.cli import settings_or_report  # cli imports this module
+
+        settings = settings_or_report(args.config, err)
+        if settings is None:
             return 2
-        for problem in problems:
-            print(f"activator: {_problem_line(problem)}", file=err)
         path = settings.control.socket
     from activator.control import ControlError, request  # trio: not needed by `check`
 
@@ -179,10 +172,6 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"activator: {rendered.failure}", file=err)
         return 1
     return 0
-
-
-def _problem_line(problem: Problem) -> str:
-    return f"{'' if problem.is_error else 'warning: '}{problem}"
 
 
 # --- rendering (pure) -------------------------------------------------------------------------
