@@ -26,6 +26,7 @@ import trio
 
 from activator import detach, listener, logs, loopwatch, uidstore
 from activator.catalog import Catalog
+from activator.collector import collect_when_quiet
 from activator.instances import EnabledUnits
 from activator.loader import load_catalog
 from activator.manager import Manager, log_problems
@@ -131,6 +132,7 @@ async def _main(
                 )
                 await start_control(nursery, settings, manager, runtime.leases, store, enabled)
                 nursery.start_soon(_handle_signals, signals, manager)
+                nursery.start_soon(collect_when_quiet, lambda: len(manager.live))
                 unserved = None  # the metrics address could not be bound
                 if settings.metrics.listen is not None:
                     unserved = await start_metrics(
