@@ -45,6 +45,9 @@ CLIENT_TIMEOUT: Final = 15.0
 #: Where a client connects: a Unix socket path, or (host, port) with an IPv4 or IPv6 host.
 Address = str | tuple[str, int]
 
+#: The inetd-style echo handler: its UID, then every byte the client sends, back.
+ECHO: Final = "/bin/sh -c 'echo UID=$(id -u); exec cat'"
+
 
 def free_port(family: int = socket.AF_INET, host: str = "127.0.0.1") -> int:
     """A TCP port nothing listens on right now (bound to port 0, then closed)."""
@@ -158,6 +161,24 @@ class Server:
         self._reader.join(5)
         if not self._reader.is_alive() and self.proc.stderr is not None:
             self.proc.stderr.close()
+
+
+#: The ``server`` fixture's factory.
+StartServer = Callable[..., Server]
+
+
+def echo_units(name: str, port: int, *socket_lines: str, stderr: str = "inherit") -> dict[str, str]:
+    """``NAME.socket`` (Accept=yes on 127.0.0.1:``port``) and ``NAME@.service``, the
+    :data:`ECHO` handler as a dynamic user with the connection on its stdin and stdout (and
+    its stderr ``StandardError=stderr``: ``journal`` gives each invocation a pipe to the log)."""
+    extra = "".join(f"{line}\n" for line in socket_lines)
+    return {
+        f"{name}.socket": f"[Socket]\nListenStream=127.0.0.1:{port}\nAccept=yes\n{extra}",
+        f"{name}@.service": (
+            f"[Service]\nExecStart={ECHO}\nDynamicUser=yes\n"
+            f"StandardInput=socket\nStandardOutput=socket\nStandardError={stderr}\n"
+        ),
+    }
 
 
 def write_units(directory: Path, units: Mapping[str, str]) -> None:

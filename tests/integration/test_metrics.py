@@ -13,7 +13,7 @@ import contextlib
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Final
 
 import pytest
@@ -26,12 +26,18 @@ from tests.integration.prometheus import (
     scrape,
     value,
 )
-from tests.integration.serving import Client, Server, exchange, free_port, lease_files
-from tests.integration.test_serve_pressure import echo_units
+from tests.integration.serving import (
+    Client,
+    Server,
+    StartServer,
+    echo_units,
+    exchange,
+    free_port,
+    lease_files,
+)
 
 pytestmark = pytest.mark.root
 
-StartServer = Callable[..., Server]
 
 POOL_FIRST: Final = 65440
 POOL_LAST: Final = 65455

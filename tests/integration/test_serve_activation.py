@@ -12,16 +12,15 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.serving import Server, free_port, lease_files
+from tests.integration.serving import Server, StartServer, free_port, lease_files
 
 pytestmark = pytest.mark.root
 
-StartServer = Callable[..., Server]
 
 ECHO = {
     "echo.socket": "[Socket]\nListenStream=127.0.0.1:{port}\nAccept=yes\n",

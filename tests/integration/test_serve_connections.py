@@ -19,7 +19,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Final
 
@@ -27,10 +27,12 @@ import pytest
 
 from tests.integration.conftest import LEASE_DIRECTORY, in_pool, printed_uid
 from tests.integration.serving import (
+    ECHO,
     Address,
     Client,
     Event,
     Server,
+    StartServer,
     exchange,
     free_port,
     getent_passwd,
@@ -39,13 +41,10 @@ from tests.integration.serving import (
 
 pytestmark = pytest.mark.root
 
-StartServer = Callable[..., Server]
 
 #: A client tool's own deadline (it must never hang the test).
 TOOL_TIMEOUT: Final = 20.0
 
-#: The inetd-style echo handler: its UID, then every byte the client sends, back.
-ECHO: Final = "/bin/sh -c 'echo UID=$(id -u); exec cat'"
 #: Its environment, between a UID= line and an END line.
 SHOW_ENVIRONMENT: Final = "/bin/sh -c 'echo UID=$(id -u); env; echo END'"
 

@@ -24,7 +24,7 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Final
 
@@ -32,9 +32,11 @@ import pytest
 
 from tests.integration.conftest import in_pool, printed_uid
 from tests.integration.serving import (
+    ECHO,
     Client,
     Event,
     Server,
+    StartServer,
     exchange,
     free_port,
     getent_passwd,
@@ -43,13 +45,10 @@ from tests.integration.serving import (
 
 pytestmark = pytest.mark.root
 
-StartServer = Callable[..., Server]
 
 #: How long a client waits for a datagram, a packet or a tool to finish.
 DEADLINE: Final = 15.0
 
-#: The inetd-style echo handler: its UID, then every byte the client sends, back.
-ECHO: Final = "/bin/sh -c 'echo UID=$(id -u); exec cat'"
 
 #: Run a command as nobody:nogroup with no supplementary groups.
 AS_NOBODY: Final = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import select
 import time
-from collections.abc import Callable
 from typing import Final
 
 import pytest
@@ -32,17 +31,14 @@ from tests.integration.serving import (
     Client,
     Event,
     Server,
+    StartServer,
+    echo_units,
     exchange,
     free_port,
     lease_files,
 )
 
 pytestmark = pytest.mark.root
-
-StartServer = Callable[..., Server]
-
-#: The inetd-style echo handler: its UID, then every byte the client sends, back.
-ECHO: Final = "/bin/sh -c 'echo UID=$(id -u); exec cat'"
 
 #: A pool of 16 UIDs (inside the default pool, so ``leaves_nothing`` watches it).
 POOL_FIRST: Final = 65000
@@ -61,20 +57,6 @@ EMFILE_TEXT: Final = "Too many open files"
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-
-def echo_units(name: str, port: int, *socket_lines: str, stderr: str = "inherit") -> dict[str, str]:
-    """``NAME.socket`` (Accept=yes on 127.0.0.1:``port``) and ``NAME@.service``, the
-    :data:`ECHO` handler as a dynamic user with the connection on its stdin and stdout (and
-    its stderr ``StandardError=stderr``: ``journal`` gives each invocation a pipe to the log)."""
-    extra = "".join(f"{line}\n" for line in socket_lines)
-    return {
-        f"{name}.socket": f"[Socket]\nListenStream=127.0.0.1:{port}\nAccept=yes\n{extra}",
-        f"{name}@.service": (
-            f"[Service]\nExecStart={ECHO}\nDynamicUser=yes\n"
-            f"StandardInput=socket\nStandardOutput=socket\nStandardError={stderr}\n"
-        ),
-    }
 
 
 def pool_settings(on_exhausted: str, wait_timeout_sec: float | None = None) -> str:
