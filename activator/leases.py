@@ -410,11 +410,13 @@ class LeaseService:
             it, or the lease is kept for good: nothing more to do.
         """
         uid = lease.uid
+        holders = self._holders.get(uid, 1)
         if cgroup is not None and cgroup in (names := self._cgroups.get(uid, [])):
             names.remove(cgroup)
-            if uid in self._locks:
+            # The file is rewritten only for holders that stay: the last holder's record goes
+            # with its release (or stays as it is, naming a cgroup now empty, if kept).
+            if holders > 1 and uid in self._locks:
                 self._write_cgroups(lease, names)
-        holders = self._holders.get(uid, 1)
         if holders > 1 or uid in self._broken:
             if holders <= 2:
                 self._holders.pop(uid, None)
