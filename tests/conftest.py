@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
+import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -27,6 +31,46 @@ settings.register_profile(
 settings.load_profile(
     os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") == "true" else "dev")
 )
+
+
+#: Where :func:`figures` appends each test's figures, one JSON line per test (unset: nowhere).
+FIGURES_ENV = "ACTIVATOR_FIGURES"
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the item (``item.report_call``), for :func:`figures`."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
+@pytest.fixture
+def figures(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """A dict the test fills with the figures of its run: connections run, faults injected,
+    inputs tried, what was lost, how long recovery took. They are what docs/reliability.md
+    reports, so they come from the run, never from expectation.
+
+    When ``ACTIVATOR_FIGURES`` names a file, the figures are appended to it at the end of the
+    test as one JSON line: ``{"test": node id, "outcome": "passed"|"failed", "seconds": wall
+    time, "at": UTC time, **figures}``. Without it they only go to the captured output.
+    """
+    found: dict[str, Any] = {}
+    started = time.monotonic()
+    yield found
+    report = getattr(request.node, "report_call", None)
+    line = {
+        "test": request.node.nodeid,
+        "outcome": getattr(report, "outcome", "not run"),
+        "seconds": round(time.monotonic() - started, 1),
+        "at": time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime()),
+        **found,
+    }
+    text = json.dumps(line, default=str)
+    print(f"figures: {text}")
+    if path := os.environ.get(FIGURES_ENV):
+        with open(path, "a", encoding="utf-8") as file:
+            file.write(text + "\n")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
