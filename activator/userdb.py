@@ -15,7 +15,10 @@ Rule 2: one client cannot hurt another. Each connection is its own task. A messa
 within :attr:`UserdbLimits.idle_timeout` and each chunk of answer must be taken by the client
 within :attr:`UserdbLimits.write_timeout`, or the connection is closed. Connections are capped in
 total and per peer UID (``SO_PEERCRED``): beyond a cap a new connection is closed at once, because
-a queued lookup is a stalled lookup.
+a queued lookup is a stalled lookup. At the total cap, though, the oldest connection waiting for a
+message, of the UID that holds the most connections, is closed to make room first: idle clients of
+many UIDs (the handlers of a service are a UID each) cannot lock every lookup out. Only when
+every connection is being answered is the newcomer closed.
 
 Rule 3: malformed input gets a Varlink error (``org.varlink.service.InvalidParameter``,
 ``MethodNotFound``, ``ExpectedMore``) and the connection stays usable; no input crashes the
@@ -130,7 +133,8 @@ class UserdbLimits:
         max_message: the largest message accepted, in bytes; a client sending more is dropped.
         idle_timeout: seconds a connection may take to send its next complete message.
         write_timeout: seconds the client may take to read each chunk of an answer.
-        max_connections: connections served at once; more are closed at once.
+        max_connections: connections served at once; past it, an idle one makes room (Rule 2),
+            or the newcomer is closed at once.
         max_connections_per_uid: connections of one peer UID served at once.
     """
 
@@ -442,23 +446,56 @@ def _framed(results: Iterator[dict[str, object]], more: bool) -> Iterator[bytes]
 
 
 @attrs.define(eq=False)
+class _Client:
+    """One connection being served: its peer UID, the scope that closes it, and whether it is
+    waiting for the client's next message (then it may be closed to make room)."""
+
+    uid: int
+    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    waiting: bool = True
+    evicted: bool = False
+
+
+@attrs.define(eq=False)
 class _Connections:
-    """Connections being served, in total and per peer UID."""
+    """Connections being served, in total and per peer UID (an evicted one no longer counts)."""
 
     limits: UserdbLimits
     total: int = 0
     per_uid: dict[int, int] = attrs.Factory(dict)
+    clients: dict[_Client, None] = attrs.Factory(dict)  # oldest first
 
-    def admit(self, uid: int) -> bool:
-        if self.total >= self.limits.max_connections:
-            return False
+    def admit(self, uid: int) -> _Client | None:
         if self.per_uid.get(uid, 0) >= self.limits.max_connections_per_uid:
-            return False
+            return None
+        if self.total >= self.limits.max_connections and not self._evict():
+            return None
+        client = _Client(uid)
+        self.clients[client] = None
         self.total += 1
         self.per_uid[uid] = self.per_uid.get(uid, 0) + 1
+        return client
+
+    def _evict(self) -> bool:
+        """Close the oldest connection waiting for a message, of the UID holding the most
+        connections (Rule 2); False when every connection is being answered."""
+        waiting = [client for client in self.clients if client.waiting and not client.evicted]
+        if not waiting:
+            return False
+        most = max(self.per_uid[client.uid] for client in waiting)
+        victim = next(client for client in waiting if self.per_uid[client.uid] == most)
+        logger.debug("userdb: at the connection cap, closing an idle one of UID %d", victim.uid)
+        victim.evicted = True
+        victim.scope.cancel()
+        self._uncount(victim.uid)
         return True
 
-    def release(self, uid: int) -> None:
+    def release(self, client: _Client) -> None:
+        del self.clients[client]
+        if not client.evicted:
+            self._uncount(client.uid)
+
+    def _uncount(self, uid: int) -> None:
         self.total -= 1
         left = self.per_uid[uid] - 1
         if left:
@@ -482,9 +519,14 @@ def _chunks(replies: Iterator[bytes]) -> Iterator[bytes]:
 
 
 async def _converse(
-    stream: trio.SocketStream, table: UserTable, service: str, limits: UserdbLimits
+    stream: trio.SocketStream,
+    table: UserTable,
+    service: str,
+    limits: UserdbLimits,
+    client: _Client,
 ) -> None:
-    """Answer the calls of one client until it closes, sends too much or misses a deadline."""
+    """Answer the calls of one client until it closes, sends too much or misses a deadline;
+    ``client.waiting`` says meanwhile whether it waits for the client's next message."""
     buffer = bytearray()
     # One cancel scope for the connection, its deadline moved at each step: a scope per message
     # costs a tenth of the time of an answer, and missing either deadline ends the connection.
@@ -493,9 +535,11 @@ async def _converse(
             end = buffer.find(0)
             if end < 0:
                 deadline.deadline = trio.current_time() + limits.idle_timeout
+                client.waiting = True
                 end = await receive_until(stream, buffer, 0, limits.max_message)
                 if end < 0:  # end of stream, or too long
                     return
+            client.waiting = False
             if end > limits.max_message:
                 return
             message = bytes(buffer[:end])
@@ -545,19 +589,21 @@ async def serve_userdb(
         except OSError:
             await stream.aclose()
             return
-        if not connections.admit(uid):
+        client = connections.admit(uid)
+        if client is None:
             logger.debug("userdb: too many connections, closing one from UID %d", uid)
             await stream.aclose()
             return
         try:
             async with stream:
-                await _converse(stream, table, service, limits)
+                with client.scope:  # cancelled when evicted to make room (Rule 2)
+                    await _converse(stream, table, service, limits, client)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away
         except Exception:
             logger.exception("userdb: connection from UID %d failed", uid)
         finally:
-            connections.release(uid)
+            connections.release(client)
 
     try:
         listener = trio.SocketListener(sock)
