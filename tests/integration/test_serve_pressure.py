@@ -20,9 +20,10 @@ it lives exactly as long as its client keeps sending. Unit names start with ``c3
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import time
-from typing import Final
+from typing import Any, Final
 
 import pytest
 
@@ -206,7 +207,11 @@ def answered_or_accept_failed(running: Server, client: Client) -> None:
     ids=["one-at-a-time", "burst", "burst-with-output-pipes"],
 )
 def test_out_of_file_descriptors_accept_backs_off_and_the_server_recovers_by_itself(
-    leaves_nothing: None, server: StartServer, one_at_a_time: bool, stderr: str
+    leaves_nothing: None,
+    server: StartServer,
+    one_at_a_time: bool,
+    stderr: str,
+    figures: dict[str, Any],
 ) -> None:
     port = free_port()
     # MaxConnections=1000: only descriptors run out. prlimit sets the limit on itself and execs,
@@ -215,6 +220,7 @@ def test_out_of_file_descriptors_accept_backs_off_and_the_server_recovers_by_its
         echo_units("c3fd", port, "MaxConnections=1000", stderr=stderr),
         wrapper=["prlimit", f"--nofile={NOFILE}:{NOFILE}", "--"],
     )
+    fds_idle_before = len(os.listdir(f"/proc/{running.proc.pid}/fd"))
     with contextlib.ExitStack() as stack:
         clients: list[Client] = []
         while len(clients) < MOST_CLIENTS and not any(map(accept_failed, running.events)):
@@ -233,6 +239,7 @@ def test_out_of_file_descriptors_accept_backs_off_and_the_server_recovers_by_its
             assert first.rest() == b"still here\n"
     # Every client is gone. Once the server has dealt with each of their connections (in
     # the backlog too), it has recovered by itself: a new connection gets it all.
+    clients_gone = time.monotonic()
     running.wait_for(
         lambda e: e.get("event") in ("invocation", "reject"), DRAIN_TIMEOUT, count=len(clients)
     )
@@ -244,5 +251,20 @@ def test_out_of_file_descriptors_accept_backs_off_and_the_server_recovers_by_its
         why = [e for e in running.events if e.get("peer") == peer(fresh)]
         pytest.fail(f"after the clients left, a new connection got {answer!r}: {why}")
     assert answer == f"UID={printed_uid(answer)}\nfresh\n"
+    recovered = time.monotonic() - clients_gone
+    running.wait_for(lambda e: e.get("event") == "invocation" and e.get("peer") == peer(fresh))
+    fds_idle_after = len(os.listdir(f"/proc/{running.proc.pid}/fd"))
+    invocations = running.invocations("c3fd@")
+    figures.update(
+        connections=len(clients) + 1,
+        nofile=NOFILE,
+        accept_backoffs=sum(map(accept_failed, running.events)),
+        served=sum(1 for e in invocations if e["failure"] is None),
+        failed=sum(1 for e in invocations if e["failure"] is not None),
+        refused=len(running.rejects()),
+        recovered_seconds=round(recovered, 3),
+        fds_idle_before=fds_idle_before,
+        fds_idle_after=fds_idle_after,
+    )
     assert running.stop() == 0
     assert lease_files() == [], "leases left after the server stopped"
