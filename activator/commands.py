@@ -25,7 +25,7 @@ import trio
 
 from activator import listener
 from activator.control import ControlError
-from activator.instances import EnabledUnits, InstanceError, resolve
+from activator.instances import EnabledUnits, InstanceError, build_instance, resolve
 from activator.leases import LeaseService
 from activator.manager import Live, Manager, ManagerError, describe_peer
 from activator.model import ServiceUnit
@@ -260,13 +260,14 @@ class Commands:
         return text if text.endswith((".service", ".socket")) else f"{text}.service"
 
     def _check_loads(self, name: UnitName) -> None:
-        """Refuse to enable what cannot run: a template that is missing or broken."""
+        """Refuse to enable what cannot run: a template that is missing or broken, or an
+        instance (of the socket, or of the service it runs) that does not build."""
         catalog = self.manager.catalog
         if catalog is None:
             msg = "activator is not serving yet"
             raise ControlError(msg)
         try:
-            catalog.instantiate(name)
+            build_instance(name, catalog)
         except Exception as error:
             msg = f"{name.name}: {_one_line(error)}"
             raise ControlError(msg) from error

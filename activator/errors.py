@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 
 import attrs
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class ActivatorError(Exception):
@@ -59,10 +62,14 @@ class Problem:
     def __str__(self) -> str:
         where = self.path if self.line is None else f"{self.path}:{self.line}"
         if self.key is None:
-            return f"{where}: {self.reason}"
-        if self.value is None:
-            return f"{where}: {self.key}: {self.reason}"
-        return f"{where}: {self.key}={self.value!r}: {self.reason}"
+            text = f"{where}: {self.reason}"
+        elif self.value is None:
+            text = f"{where}: {self.key}: {self.reason}"
+        else:
+            text = f"{where}: {self.key}={self.value!r}: {self.reason}"
+        # One problem, one line: a file named "x\nactivator: y:1: ..." must not print a line of
+        # its own that reads as another problem.
+        return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
 
 
 @attrs.define(eq=False, init=False)

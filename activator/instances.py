@@ -8,8 +8,8 @@ list, add and remove them with ls, touch and rm; activator reads them at start.
 Rule 2: only instances of templates are enabled. The socket units of the units directories always
 listen and their services start on traffic, so there is nothing to enable about them.
 
-Rule 3: :func:`resolve` is pure (it reads the catalog); :class:`EnabledUnits` does the file work
-and blocks, so the daemon calls it in a worker thread.
+Rule 3: :func:`resolve` and :func:`build_instance` are pure (they read the catalog);
+:class:`EnabledUnits` does the file work and blocks, so the daemon calls it in a worker thread.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from collections.abc import Iterable
 
 import attrs
 
-from activator.catalog import Catalog
+from activator.catalog import Catalog, Loaded
+from activator.model import SocketUnit
 from activator.units import UnitName, parse_unit_name
 
 #: The unit types an enabled instance may have.
@@ -69,6 +70,21 @@ def resolve(text: str, catalog: Catalog | None, *, known: Iterable[str] = ()) ->
         )
         raise InstanceError(msg)
     return name
+
+
+def build_instance(name: UnitName, catalog: Catalog) -> tuple[Loaded, ...]:
+    """Build the instance ``name`` and, for a socket, the service instance its connections
+    run: what ``enable`` checks, so that a name the service cannot take (``StateDirectory=%I``
+    and ``foo@..``) is refused when it is enabled, not logged at each of its connections.
+
+    Raises:
+        ConfigError: the template is unknown or broken, or either instance does not build.
+    """
+    loaded = catalog.instantiate(name)
+    unit = loaded.unit
+    if isinstance(unit, SocketUnit) and unit.activates.is_instance:
+        return (loaded, catalog.instantiate(unit.activates))
+    return (loaded,)
 
 
 @attrs.frozen

@@ -34,6 +34,11 @@ def scan_directory(path: str) -> tuple[UnitDirectory, list[Problem]]:
     another name is an alias, which activator does not support: it is left out with a warning
     (a link to a file of the same name elsewhere, or from an instance to its template, is fine).
 
+    An entry that cannot be looked at (a symlink loop) fails its own units only, never the
+    directory: a unit file or drop-in is kept as a file that the read then fails, and a ``.d``
+    directory that cannot be listed as holding the unreadable entry ``.`` (``NAME.d/.``), so
+    every unit it applies to fails, naming it.
+
     Raises:
         OSError: when the directory cannot be listed.
     """
@@ -45,20 +50,23 @@ def scan_directory(path: str) -> tuple[UnitDirectory, list[Problem]]:
         for entry in it:
             if entry.name.startswith("."):
                 continue
-            if entry.name.endswith(".d") and entry.is_dir():
+            if entry.name.endswith(".d") and _is_dir(entry):
                 confs = set()
-                with os.scandir(entry.path) as inner:
-                    for e in inner:
-                        if e.name.startswith(".") or not e.name.endswith(".conf"):
-                            continue
-                        if _masked(e.path):
-                            masked.add(f"{entry.name}/{e.name}")
-                            confs.add(e.name)
-                        elif e.is_file():
-                            confs.add(e.name)
+                try:
+                    with os.scandir(entry.path) as inner:
+                        for e in inner:
+                            if e.name.startswith(".") or not e.name.endswith(".conf"):
+                                continue
+                            if _masked(e.path):
+                                masked.add(f"{entry.name}/{e.name}")
+                                confs.add(e.name)
+                            elif _is_file(e):
+                                confs.add(e.name)
+                except OSError:
+                    confs = {"."}  # reading NAME.d/. fails, with the reason
                 dropins[entry.name] = frozenset(confs)
             elif _is_unit_file(entry.name):
-                if _masked(entry.path) or (entry.is_file() and _empty(entry.path)):
+                if _masked(entry.path) or (_is_file(entry) and _empty(entry.path)):
                     masked.add(entry.name)
                 elif (target := _alias_target(entry)) is not None:
                     reason = (
@@ -66,12 +74,29 @@ def scan_directory(path: str) -> tuple[UnitDirectory, list[Problem]]:
                         "is not loaded (name the unit by its own name)"
                     )
                     problems.append(Problem(entry.path, None, None, None, reason, Severity.WARNING))
-                elif entry.is_file():
+                elif _is_file(entry):
                     files.add(entry.name)
     snapshot = UnitDirectory(
         path=path, files=frozenset(files), dropins=dropins, masked=frozenset(masked)
     )
     return snapshot, problems
+
+
+def _is_file(entry: os.DirEntry[str]) -> bool:
+    """``entry.is_file()``; an entry whose type cannot be learnt for a reason other than its
+    absence (ELOOP) counts as a file, so that reading it fails its unit with that reason."""
+    try:
+        return entry.is_file()
+    except OSError:
+        return True
+
+
+def _is_dir(entry: os.DirEntry[str]) -> bool:
+    """``entry.is_dir()``, with the same rule as :func:`_is_file`."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return True
 
 
 def _masked(path: str) -> bool:

@@ -32,15 +32,28 @@ def _raw(conv: Callable[[str], Any]) -> Parse:
     return lambda raw, name: conv(raw)
 
 
+def _convert(conv: Callable[[str], Any], written: str, expanded: str) -> Any:
+    """``conv(expanded)``; when specifiers changed the text, a refusal shows what they made of
+    it (``StateDirectory=foo/%I`` of ``foo@..``: the value written is fine, the instance's is
+    not)."""
+    try:
+        return conv(expanded)
+    except ValueError as e:
+        if expanded == written or repr(expanded) in str(e):
+            raise
+        msg = f"{e} (got {expanded!r} once specifiers are resolved)"
+        raise ValueError(msg) from None
+
+
 def _expanded(conv: Callable[[str], Any]) -> Parse:
     """The whole value, specifiers resolved first."""
-    return lambda raw, name: conv(expand_specifiers(raw, name))
+    return lambda raw, name: _convert(conv, raw, expand_specifiers(raw, name))
 
 
 def _words(conv: Callable[[str], Any]) -> Parse:
     """A list of words: split first, then resolve specifiers and convert each word."""
     return lambda raw, name: tuple(
-        conv(_utf8(expand_specifiers(w, name))) for w in v.split_words(raw)
+        _convert(conv, w, _utf8(expand_specifiers(w, name))) for w in v.split_words(raw)
     )
 
 

@@ -60,6 +60,10 @@ from ._toml import _toml_value as _toml_value
 #: The settings file read when none is named (``load_settings(None)``).
 DEFAULT_CONFIG_PATH = "/etc/activator/activator.toml"
 
+#: A settings file larger than this is refused before it is read whole (``--config /dev/zero``
+#: would otherwise read until memory runs out).
+MAX_SETTINGS_FILE_BYTES = 4 * 1024 * 1024
+
 
 # --- parsing --------------------------------------------------------------------------------------
 
@@ -246,13 +250,13 @@ def load_settings(
         The settings, with absolute units directories.
 
     Raises:
-        ConfigError: the file given cannot be read ("No such file or directory", ...), is not UTF-8,
-            or has errors (all of them).
+        ConfigError: the file given cannot be read ("No such file or directory", ...), is larger
+            than :data:`MAX_SETTINGS_FILE_BYTES`, is not UTF-8, or has errors (all of them).
     """
     name = DEFAULT_CONFIG_PATH if path is None else path
     try:
         with open(name, "rb") as file:
-            data = file.read()
+            data = file.read(MAX_SETTINGS_FILE_BYTES + 1)
     except FileNotFoundError as error:
         if path is not None:
             raise ConfigError(
@@ -262,6 +266,9 @@ def load_settings(
     except OSError as error:
         raise ConfigError(Problem(name, None, None, None, error.strerror or str(error))) from None
     else:
+        if len(data) > MAX_SETTINGS_FILE_BYTES:
+            reason = f"file is larger than {MAX_SETTINGS_FILE_BYTES} bytes"
+            raise ConfigError(Problem(name, None, None, None, reason))
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as error:
