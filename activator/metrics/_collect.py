@@ -313,6 +313,10 @@ class Metrics:
             run = dict(outcome.timings).get("run")
             if run is not None:
                 self._i.handler_seconds.observe(run)
+        elif outcome.reason == "spawner_died":
+            # It ran, and its exit went with the spawner (which killed it): an exit whose
+            # status is lost, never a spawn failure.
+            self._child(self._i.exits_total, unit, "lost", "spawner_died").inc()
         elif outcome.stage is not None and result not in ("stopped", "rejected"):
             self._child(self._i.spawn_failures_total, unit, outcome.stage).inc()
         if outcome.uid is not None:
@@ -480,8 +484,8 @@ def _instruments(r: CollectorRegistry) -> _Instruments:
     )
     exits_total = Counter(
         "activator_handler_exits",
-        "Handler exits, by service unit, how (exited or killed) and status (exit code or "
-        "signal name).",
+        "Handler exits, by service unit, how (exited, killed, or lost: the spawner died "
+        "while it ran, and killed it) and status (exit code, signal name, or spawner_died).",
         ["unit", "how", "status"],
         registry=r,
     )

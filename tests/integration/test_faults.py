@@ -685,11 +685,14 @@ def test_kill_9_of_the_spawner_under_load_restarts_it_and_no_connection_hangs(
     assert value(
         metrics, "activator_connections_rejected_total", unit="f9spawn.socket", reason="spawner"
     ) == len(refused)
-    # Both kinds count as failed invocations. (activator_spawn_failures_total{stage="spawner"},
-    # "invocations whose handler never ran", counts the handlers killed too: a figure here.)
+    # Both kinds count as failed invocations: the refused ones as spawn failures (their handler
+    # never ran), the killed ones as exits whose status went with the spawner.
     failures = len(refused) + len(killed)
     assert value(metrics, "activator_invocations_total", result="failure", **label) == failures
     spawn_failures = value(metrics, "activator_spawn_failures_total", stage="spawner", **label)
+    assert spawn_failures == len(refused)
+    lost = tuple(sorted({"how": "lost", "status": "spawner_died", **label}.items()))
+    assert metrics.get(("activator_handler_exits_total", lost), 0.0) == len(killed)
     assert value(metrics, "activator_invocations_total", result="success", **label) == len(served)
     assert running.stop() == 0
     # The killed handlers were the dead spawner's children: the host's init reaps them.

@@ -262,6 +262,19 @@ def test_an_invocation_that_never_ran_is_a_spawn_failure_of_its_stage() -> None:
     assert value(m, "activator_invocations_total", unit="echo@.service", result="failure") == 1
 
 
+def test_a_handler_that_ran_when_the_spawner_died_is_a_lost_exit_not_a_spawn_failure() -> None:
+    m = metrics()
+    died = "the spawner died"
+    m.finished(outcome(status=None, stage="spawner", reason="spawner_died", failure=died))
+    labels = {"unit": "echo@.service", "how": "lost", "status": "spawner_died"}
+    assert value(m, "activator_handler_exits_total", **labels) == 1
+    assert value(m, "activator_spawn_failures_total", unit="echo@.service", stage="spawner") == 0
+    assert value(m, "activator_invocations_total", unit="echo@.service", result="failure") == 1
+    # One the spawner took down before it ran is a spawn failure of that stage.
+    m.finished(outcome(status=None, stage="spawner", reason="spawner", failure=died))
+    assert value(m, "activator_spawn_failures_total", unit="echo@.service", stage="spawner") == 1
+
+
 @pytest.mark.parametrize("reason", ["exhausted", "queue_full", "wait_timeout"])
 def test_a_connection_the_pool_refused_is_rejected_not_a_spawn_failure(reason: str) -> None:
     m = metrics()
