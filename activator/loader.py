@@ -9,7 +9,9 @@ directories still load (a bad unit never stops the other units).
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Sequence
 
 import attrs
@@ -126,13 +128,33 @@ def _alias_target(entry: os.DirEntry[str]) -> str | None:
     return target
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as f:
-        data = f.read(MAX_UNIT_FILE_BYTES + 1)
-    if len(data) > MAX_UNIT_FILE_BYTES:
-        msg = f"file is larger than {MAX_UNIT_FILE_BYTES} bytes"
-        raise OSError(msg)
+def read_bounded(path: str, limit: int) -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit`` of them.
+
+    Opened and read without blocking: a FIFO (which would hang the open until a writer comes)
+    is refused, and a device never waits (``/dev/null`` reads as empty, as for systemd). Larger
+    files are refused before they are read whole (``/dev/zero`` would read until memory runs
+    out).
+
+    Raises:
+        OSError: it cannot be opened or read, is a FIFO or a socket, or is larger than
+            ``limit`` bytes.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    with open(fd, "rb") as file:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+            raise OSError(errno.EINVAL, "is a FIFO or socket, not a file")
+        data = file.read(limit + 1)
+        if data is None:  # a device with nothing to read now (EAGAIN)
+            raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"file is larger than {limit} bytes")
     return data
+
+
+def _read(path: str) -> bytes:
+    return read_bounded(path, MAX_UNIT_FILE_BYTES)
 
 
 def load_catalog(directories: Sequence[str]) -> Catalog:

@@ -38,6 +38,7 @@ from typing import Any
 import attrs
 
 from activator.errors import ConfigError, Problem, Severity
+from activator.loader import read_bounded
 
 from ._model import ControlSettings as ControlSettings
 from ._model import HostPort as HostPort
@@ -255,8 +256,7 @@ def load_settings(
     """
     name = DEFAULT_CONFIG_PATH if path is None else path
     try:
-        with open(name, "rb") as file:
-            data = file.read(MAX_SETTINGS_FILE_BYTES + 1)
+        data = read_bounded(name, MAX_SETTINGS_FILE_BYTES)
     except FileNotFoundError as error:
         if path is not None:
             raise ConfigError(
@@ -266,9 +266,6 @@ def load_settings(
     except OSError as error:
         raise ConfigError(Problem(name, None, None, None, error.strerror or str(error))) from None
     else:
-        if len(data) > MAX_SETTINGS_FILE_BYTES:
-            reason = f"file is larger than {MAX_SETTINGS_FILE_BYTES} bytes"
-            raise ConfigError(Problem(name, None, None, None, reason))
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as error:

@@ -64,7 +64,7 @@ from activator.catalog import Catalog
 from activator.cli import main
 from activator.errors import ConfigError, Problem
 from activator.instances import InstanceError, build_instance, resolve
-from activator.loader import load_catalog
+from activator.loader import load_catalog, read_bounded
 from activator.model import SERVICE_DIRECTIVES, SOCKET_DIRECTIVES, ServiceUnit, SocketUnit
 from activator.settings import load_settings
 from activator.uidpool import is_valid_user_name, user_name
@@ -284,6 +284,7 @@ DROPIN_DIRS = (
 LINK_TARGETS = (
     "/dev/null",
     "/dev/zero",
+    "../fifo",  # a FIFO with no writer: opening it to read would block
     "/etc/hostname",
     "/etc/passwd",
     "/nonexistent/x.service",
@@ -490,7 +491,7 @@ settings_files = st.builds(
 settings_links = st.builds(
     LinkSpec,
     st.just("activator.toml"),
-    st.sampled_from(["/dev/null", "/dev/zero", "units", "activator.toml", "/nonexistent"]),
+    st.sampled_from(["/dev/null", "/dev/zero", "fifo", "units", "activator.toml", "/nonexistent"]),
 )
 trees = st.builds(
     Tree,
@@ -534,6 +535,7 @@ def line_bound(data: bytes) -> int:
 def write_tree(tree: Tree, root: Path) -> Written:
     units = root / "units"
     units.mkdir()
+    os.mkfifo(root / "fifo")  # what the links to "fifo" and "../fifo" name
     written = Written(root, units, root / "activator.toml")
     entries: list[tuple[Path, FileSpec | LinkSpec]] = [(units / e.path, e) for e in tree.units]
     if tree.settings is not None:
@@ -654,6 +656,12 @@ def memory_bound(extra: int) -> Iterator[None]:
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
+class Hang(BaseException):
+    """A block ran past its :func:`time_bound`. A BaseException, so that no ``except OSError``
+    or ``except Exception`` of the code under test (TimeoutError is an OSError) can turn a hang
+    into an ordinary problem."""
+
+
 @contextlib.contextmanager
 def time_bound(seconds: float, what: str) -> Iterator[None]:
     """Fail (raise) when the block runs longer than ``seconds`` of wall-clock time: SIGALRM
@@ -662,7 +670,7 @@ def time_bound(seconds: float, what: str) -> Iterator[None]:
 
     def expire(signum: int, frame: FrameType | None) -> None:
         msg = f"{what}: still running after {seconds} s (a hang)"
-        raise TimeoutError(msg)
+        raise Hang(msg)
 
     previous = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
@@ -828,6 +836,17 @@ def test_a_symlink_loop_fails_its_own_unit_and_not_the_directory(tmp_path: Path)
     assert f"{units}/a.service: {loop}" in messages
     assert f"{units}/x.service.d/loop.conf: {loop}" in messages  # its drop-in: fails closed
     assert f"{units}/dropin.service.d/.: {loop}" in messages  # its drop-in directory too
+
+
+def test_a_settings_file_or_unit_file_that_is_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
+    """``--config`` naming a FIFO with no writer hung ``check`` for ever in its open."""
+    os.mkfifo(tmp_path / "fifo")
+    os.symlink("fifo", tmp_path / "activator.toml")
+    with time_bound(EXAMPLE_SECONDS, "load_settings(FIFO)"), pytest.raises(ConfigError) as e:
+        load_settings(str(tmp_path / "activator.toml"))
+    assert str(e.value) == f"{tmp_path}/activator.toml: is a FIFO or socket, not a file"
+    with pytest.raises(OSError, match="is a FIFO or socket, not a file"):
+        read_bounded(str(tmp_path / "fifo"), 1024)
 
 
 def test_a_settings_file_that_never_ends_is_refused(tmp_path: Path) -> None:
