@@ -16,7 +16,9 @@ import re
 
 import attrs
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: What a terminal may take as a line end or a control sequence: C0, DEL, C1 (CSI is U+009B),
+#: and the Unicode line and paragraph separators.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 class ActivatorError(Exception):
@@ -69,7 +71,7 @@ class Problem:
             text = f"{where}: {self.key}={self.value!r}: {self.reason}"
         # One problem, one line: a file named "x\nactivator: y:1: ..." must not print a line of
         # its own that reads as another problem.
-        return _CONTROL.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
+        return _CONTROL.sub(_escape, text)
 
 
 @attrs.define(eq=False, init=False)
@@ -90,3 +92,8 @@ class ConfigError(ActivatorError):
 
     def __str__(self) -> str:
         return "\n".join(str(p) for p in self.problems)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match[0])
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"

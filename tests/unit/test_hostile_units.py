@@ -876,6 +876,20 @@ def test_a_file_name_cannot_print_a_problem_line_of_its_own(tmp_path: Path) -> N
     )
 
 
+@pytest.mark.parametrize(
+    ("name", "shown"),
+    [
+        ("a\rb", "a\\x0db"),
+        ("a\x1b[2Jb", "a\\x1b[2Jb"),  # ESC: a terminal's control sequence
+        ("a\x9b2Jb", "a\\x9b2Jb"),  # CSI, the one-character C1 form of ESC [
+        ("a\u2028b", "a\\u2028b"),  # a Unicode line separator
+        ("a\u00e9b", "a\u00e9b"),  # a printable non-ASCII letter stays itself
+    ],
+)
+def test_a_problem_shows_control_characters_of_a_path_escaped(name: str, shown: str) -> None:
+    assert str(Problem(f"/u/{name}", 3, None, None, "bad")) == f"/u/{shown}:3: bad"
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. Specifier injection: values
 
