@@ -169,7 +169,7 @@ def test_promtool_accepts_the_scrape_config_and_the_rules_and_their_tests() -> N
     assert "SUCCESS: prometheus.yml is valid" in config.stdout
     rules = run(promtool, "check", "rules", "alerts.yml", cwd=directory)
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    assert "SUCCESS: 6 rules found" in rules.stdout
+    assert "SUCCESS: 7 rules found" in rules.stdout
     tested = run(promtool, "test", "rules", "alerts_test.yml", cwd=directory)
     assert tested.returncode == 0, tested.stdout + tested.stderr
     assert "SUCCESS" in tested.stdout
@@ -195,6 +195,7 @@ def test_the_alerts_cover_what_the_issue_asks_with_contract_metrics_only() -> No
         "ActivatorUIDPoolExhausted",
         "ActivatorSpawnFailures",
         "ActivatorSpawnerDown",
+        "ActivatorSpawnerRestarted",
         "ActivatorUserdbDown",
     }
     assert "activator_uid_pool_utilization_ratio > 0.8" in rules["ActivatorUIDPoolNearlyExhausted"]
