@@ -25,8 +25,9 @@ from activator import __version__, ctl, values
 from activator.catalog import Catalog, Loaded
 from activator.errors import ConfigError, Problem
 from activator.loader import load_catalog
-from activator.model import Listen, ServiceUnit, SocketUnit
+from activator.model import Listen, ServiceUnit, SocketUnit, shared_directories
 from activator.settings import Settings, load_settings
+from activator.uidpool import user_name
 from activator.units import UnitName, parse_unit_name
 
 
@@ -458,6 +459,43 @@ def _sample(name: UnitName, catalog: Catalog) -> str | None:
     return name.instance if loaded is not None and loaded.unit.name == name else None
 
 
+#: The instance names of an Accept=yes connection's service, as the manager makes them
+#: (``N-LOCAL-REMOTE``, ``N-PID-UID`` for Unix), for check to build one.
+_CONNECTION_INSTANCES = {"inet": "1-127.0.0.1:7007-127.0.0.1:41234", "unix": "1-4711-0"}
+
+
+def _connection_user(socket: SocketUnit, catalog: Catalog) -> str | None:
+    """Who a plain Accept=yes socket's connections run as: a fresh dynamic user each, or one
+    dynamic user for all when a directory of the service is the same for every connection (or
+    ``User=`` names it); that every connection fails, when a connection's instance does not
+    build. None when its service has no dynamic user."""
+    template = socket.activates
+    kind = (
+        "inet" if any(isinstance(x.address, values.InetListen) for x in socket.listen) else "unix"
+    )
+    try:
+        loaded = catalog.instantiate(template.with_instance(_CONNECTION_INSTANCES[kind]))
+    except ConfigError as error:
+        return f"every connection fails: {error.problems[0]}"
+    service = loaded.unit
+    if not isinstance(service, ServiceUnit) or not service.dynamic_user:
+        return None
+    if service.user is not None:
+        return f"every connection runs as the dynamic user {service.user!r} (User=), at once"
+    sample = catalog.templates.get(template.name)
+    if sample is None or not isinstance(sample.unit, ServiceUnit):
+        return None
+    shared = shared_directories(service, sample.unit)
+    if not shared:
+        return "each connection runs as a fresh dynamic user of its own"
+    user = user_name(template.with_instance(None).name)
+    return (
+        f"every connection runs as the one dynamic user {user!r}, as systemd's instances do: "
+        f"{', '.join(shared.paths)} {'is' if len(shared.paths) == 1 else 'are'} the same for "
+        "every connection (each still has its own sandbox, /tmp and cgroup)"
+    )
+
+
 def _sandbox_words(unit: ServiceUnit) -> list[str]:
     words = [
         f"ProtectSystem={unit.protect_system.value}",
@@ -495,6 +533,9 @@ def _describe(loaded: Loaded, catalog: Catalog) -> str:
                 f"  Accept=yes: each connection starts an instance of {unit.activates.name} "
                 f"(at most {unit.max_connections} at once)"
             )
+            who = _connection_user(unit, catalog)
+            if who is not None:
+                lines.append(f"    {who}")
         else:
             lines.append(
                 f"  the first connection starts {unit.activates.name}, which gets the sockets"

@@ -13,15 +13,16 @@ Rule 3: one invocation's failure is its own: :func:`run_invocation` returns an
 :class:`Outcome` for every way an invocation can end (spawn failure, pool exhaustion, a
 directory error) and raises only for cancellation.
 
-Theory of operation (DESIGN.md, "One connection, start to end", steps 3-8): the identity is a
-fresh lease for ``DynamicUser=yes`` (unless ``User=`` names a static user), the static ``User=``
-otherwise, or root. Directories come next (the lease's UID must own them), then a cgroup for the
-invocation, whose ``cgroup.procs`` files go into the plan so the child joins it before exec.
-Once the handler runs, the wait is bounded by ``RuntimeMaxSec=``: at expiry the handler gets
-``KillSignal=``, then SIGKILL after ``TimeoutStopSec=``. The handler is PID 1 of its own PID
-namespace, so when it is reaped the kernel has already killed and reaped every other process of
-the namespace; the cgroup is killed and drained anyway (a second, independent proof) before the
-lease is released.
+Theory of operation (DESIGN.md, "One connection, start to end", steps 3-8): the identity is a fresh
+lease for ``DynamicUser=yes`` (unless ``User=`` names a static user), the static ``User=``
+otherwise, or root. The connections of an Accept=yes socket whose service has a directory that is
+the same for every connection share one lease, the template's user, as systemd's instances do.
+Directories come next (the lease's UID must own them), then a cgroup for the invocation, whose
+``cgroup.procs`` files go into the plan so the child joins it before exec. Once the handler runs,
+the wait is bounded by ``RuntimeMaxSec=``: at expiry the handler gets ``KillSignal=``, then SIGKILL
+after ``TimeoutStopSec=``. The handler is PID 1 of its own PID namespace, so when it is reaped the
+kernel has already killed and reaped every other process of the namespace; the cgroup is killed and
+drained anyway (a second, independent proof) before the lease is released.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import trio
 
 from activator import directories, teardown, uidstore, values
 from activator.leases import LeaseService, PoolExhausted, Vacated, new_invocation_id
-from activator.model import SECOND, ServiceUnit
+from activator.model import SECOND, ServiceUnit, SharedDirectories
 from activator.plan import (
     Descriptors,
     HostFacts,
@@ -198,6 +199,7 @@ async def run_invocation(
     stop_request: StopRequest | None = None,
     on_identity: Callable[[int, str], None] | None = None,
     on_not_spawned: Callable[[], None] | None = None,
+    shared: SharedDirectories | None = None,
 ) -> Outcome:
     """Run one invocation of ``service`` to its end and give back everything it took.
 
@@ -216,6 +218,12 @@ async def run_invocation(
         on_not_spawned: called, before the teardown, when no handler will run (the caller may
             close what it kept for the handler: a client then sees the end at once, not after
             a teardown that waits out a shortage of descriptors).
+        shared: for a ``per_connection`` invocation, the directories every instance of its
+            template shares (:func:`activator.model.shared_directories`). With any, or with
+            ``User=``, the user is the same for every connection, as systemd's: the template's
+            (``foo`` for ``foo@.service``), one lease held by every connection at once, so
+            those directories keep one owner and the last holder removes the shared runtime
+            directories; each connection's own runtime directories go with it.
     """
     invocation = invocation or new_invocation_id()
     unit = service.name.name
@@ -230,7 +238,7 @@ async def run_invocation(
     spawned = False
     try:
         try:
-            identity, lease = await _identity(runtime, service, invocation, per_connection)
+            identity, lease = await _identity(runtime, service, invocation, per_connection, shared)
             clock.lap("identity")
             if on_identity is not None:
                 on_identity(identity.uid, identity.user)
@@ -326,7 +334,7 @@ async def run_invocation(
             if not spawned and on_not_spawned is not None:
                 on_not_spawned()
             with trio.CancelScope(shield=True):
-                await _teardown(runtime, service, cgroup, lease, vacated_how, unit)
+                await _teardown(runtime, service, cgroup, lease, vacated_how, unit, shared)
             clock.lap("teardown")
     except (teardown.TeardownError, OSError) as error:
         # The lease stays held (this process keeps its lock): a UID is never released while
@@ -363,17 +371,25 @@ async def run_invocation(
 
 
 async def _identity(
-    runtime: Runtime, service: ServiceUnit, invocation: str, per_connection: bool
+    runtime: Runtime,
+    service: ServiceUnit,
+    invocation: str,
+    per_connection: bool,
+    shared: SharedDirectories | None = None,
 ) -> tuple[Identity, Lease | None]:
     """Who the handler runs as: a lease, a static user, or root.
 
     systemd's rule: with ``DynamicUser=yes``, a user name (``User=``, else the one made from the
     unit name) that names an existing static user runs as that user, with no lease.
     Per-connection names (with their random suffix) are not looked up: they are made fresh.
+    A per-connection invocation whose user is the same for every connection (``User=``, or a
+    directory every connection shares: ``shared``) takes systemd's name, the template's
+    (``foo`` for ``foo@.service``), and holds one lease with every other connection.
     """
+    together = per_connection and (service.user is not None or bool(shared))
     name = service.user
-    if name is None and service.dynamic_user and not per_connection:
-        name = user_name(service.name.name)
+    if name is None and service.dynamic_user and (together or not per_connection):
+        name = user_name(_template_user_unit(service) if together else service.name.name)
     if name is not None:
         static = await _in_thread("user", _static_user, name)
         if static is not None and runtime.leases.first <= static.uid <= runtime.leases.last:
@@ -395,15 +411,23 @@ async def _identity(
         lease = await runtime.leases.acquire(
             service.name.name,
             invocation,
-            user=service.user,
-            per_connection=per_connection,
+            # The shared lease of a template's connections is keyed by the user's name
+            # (``user:foo``), as systemd's units that name one dynamic user share its UID.
+            user=name if together else service.user,
+            per_connection=per_connection and not together,
             state_owner=owner,
-            share=not per_connection,
+            share=together or not per_connection,
         )
     except OSError as error:
         raise _Failed(stage="lease", message=_os_error_text(error)) from error
     identity = Identity(lease.uid, lease.gid, lease.user, lease.user, home="/", shell=NOLOGIN)
     return identity, lease
+
+
+def _template_user_unit(service: ServiceUnit) -> str:
+    """The plain unit whose user every instance of ``service``'s template shares, as systemd
+    names it (unit_name_to_prefix): ``foo.service`` for ``foo@3-127.0.0.1:80-....service``."""
+    return service.name.with_instance(None).name
 
 
 def _static_user(name: str) -> Identity | None:
@@ -470,11 +494,14 @@ async def _teardown(
     lease: Lease | None,
     how: str,
     unit: str,
+    shared: SharedDirectories | None = None,
 ) -> None:
     """Kill and drain the cgroup, remove runtime directories, clear the UID's kernel keys, then
     release the lease. Of a lease shared with invocations still running (one customer's
-    concurrent connections), only the cgroup goes: its last holder does the rest, the runtime
-    directories of every holder included."""
+    concurrent connections, or the connections of a template with a shared directory), only the
+    cgroup goes, and the runtime directories that are this connection's alone (``shared``
+    tells them apart): its last holder does the rest, the shared runtime directories of every
+    holder included."""
     if cgroup is not None:
         try:
             await _patiently(unit, teardown.kill_and_wait, runtime.cgroups, cgroup)
@@ -484,6 +511,20 @@ async def _teardown(
             raise
         how = "cgroup" if how == "never ran" else f"{how} and cgroup"
     services = [service] if service.runtime_directory else []
+    if lease is not None and shared is not None and service.runtime_directory:
+        # A connection's own runtime directories (x/%i) go now: kept for the last holder, they
+        # would pile up for as long as connections overlap.
+        own = tuple(d for d in service.runtime_directory if d not in shared.runtime)
+        common = tuple(d for d in service.runtime_directory if d in shared.runtime)
+        services = [attrs.evolve(service, runtime_directory=common)] if common else []
+        if own:
+            try:
+                await _patiently(
+                    unit, _remove_runtime_directories, attrs.evolve(service, runtime_directory=own)
+                )
+            except BaseException:  # files of the UID may stay under /run: it is never released
+                runtime.leases.give_up(lease)
+                raise
     if lease is not None:
         pending = runtime.runtime_directories.setdefault(lease.uid, {})
         for each in services:

@@ -230,7 +230,9 @@ class LeaseService:
         Args:
             unit: the unit name (``waldo@3.service``), recorded and shown as the user's realName.
             invocation: the invocation id.
-            user: the user name (``User=`` with DynamicUser); None names it after the unit.
+            user: the user name (``User=`` with DynamicUser, or the template's name that the
+                connections of an Accept=yes socket share when they share a directory); None
+                names it after the unit.
             per_connection: add a short unique suffix to the name (Accept=yes invocations).
             state_owner: the UID owning the service's state directory, preferred when free.
             share: hold the live lease of the same unit (or, with ``user``, of the same

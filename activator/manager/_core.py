@@ -22,7 +22,14 @@ from activator.errors import ConfigError
 from activator.invocation import Outcome, Runtime, StopRequest, run_invocation
 from activator.leases import new_invocation_id
 from activator.listener import ListenError, ListenSpec
-from activator.model import SECOND, ServiceUnit, SocketUnit
+from activator.model import (
+    SECOND,
+    ServiceUnit,
+    SharedDirectories,
+    SocketUnit,
+    every_directory,
+    shared_directories,
+)
 from activator.plan import Descriptors, Peer
 from activator.units import UnitName, parse_unit_name
 
@@ -578,7 +585,9 @@ class Manager:
             try:
                 service = _service_of(state.catalog, name)
             except (ConfigError, ManagerError) as error:
-                logger.error("%s", error)
+                # Every connection of the socket fails alike (StateDirectory=%I of a connection's
+                # instance): the log names the instance, the reject event counts it.
+                logger.error("%s: %s: %s", state.name, name.name, error)
                 self._reject(state.name, peer, "unit_error")
                 return
             outcome = await self._invoke(
@@ -591,6 +600,7 @@ class Manager:
                 socket_unit=state.name,
                 on_spawned=conn.close,  # the handler has it: our copy goes at once
                 on_not_spawned=conn.close,  # no handler: the client sees the end at once
+                shared=_connection_sharing(state.catalog, service) if per_connection else None,
             )
             if outcome.reason in _REJECT_REASONS:
                 self._reject(state.name, peer, outcome.reason or "")
@@ -616,10 +626,12 @@ class Manager:
         stop: StopRequest | None = None,
         connection: bool = False,
         on_not_spawned: Callable[[], None] | None = None,
+        shared: SharedDirectories | None = None,
     ) -> Outcome:
         """Run one invocation to its end. ``per_connection``: a fresh user of its own (a plain
-        socket's connection); ``connection``: it serves one connection (a drain gives it
-        ``TimeoutStopSec=`` to finish), as every per-connection invocation does."""
+        socket's connection), unless ``shared`` names a directory every connection shares;
+        ``connection``: it serves one connection (a drain gives it ``TimeoutStopSec=`` to
+        finish), as every per-connection invocation does."""
         connection = connection or per_connection
         invocation = new_invocation_id()
         log_write = -1
@@ -678,6 +690,7 @@ class Manager:
                 stop_request=live.stop,
                 on_identity=functools.partial(_identify, live),
                 on_not_spawned=on_not_spawned,
+                shared=shared,
             )
         finally:
             if log_write >= 0:
@@ -1015,6 +1028,20 @@ def _service_of(catalog: Catalog, name: UnitName) -> ServiceUnit:
         msg = f"{name.name}: not a service"
         raise ManagerError(msg)
     return loaded.unit
+
+
+def _connection_sharing(catalog: Catalog, service: ServiceUnit) -> SharedDirectories:
+    """The directories of a connection's instance that every connection shares: compared with
+    the template's sample instance, which the catalog built from the same files. Without one
+    to compare with, every directory counts as shared (systemd's rule: one user for all)."""
+    sample = catalog.templates.get(service.name.template.name)
+    if (
+        sample is None
+        or not isinstance(sample.unit, ServiceUnit)
+        or sample.unit.name == service.name
+    ):
+        return every_directory(service)
+    return shared_directories(service, sample.unit)
 
 
 def _services(catalog: Catalog) -> dict[str, ServiceUnit]:

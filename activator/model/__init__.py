@@ -22,7 +22,7 @@ Then ``_finish_*`` fills defaults that depend on other fields and checks cross-f
 
 Layout: ``_units`` holds the model classes, ``_directives`` the table from keys to fields and the
 value adapters, ``_build`` applies assignments and the cross-field rules, ``_render`` writes a
-model back as unit text.
+model back as unit text, ``_sharing`` tells which directories the instances of a template share.
 """
 
 from activator.model._build import DYNAMIC_USER_IMPLIES as DYNAMIC_USER_IMPLIES
@@ -34,6 +34,9 @@ from activator.model._directives import UNSUPPORTED_SECURITY as UNSUPPORTED_SECU
 from activator.model._directives import Directive as Directive
 from activator.model._render import render_service as render_service
 from activator.model._render import render_socket as render_socket
+from activator.model._sharing import SharedDirectories as SharedDirectories
+from activator.model._sharing import every_directory as every_directory
+from activator.model._sharing import shared_directories as shared_directories
 from activator.model._units import EXEC_SEARCH_PATH as EXEC_SEARCH_PATH
 from activator.model._units import SECOND as SECOND
 from activator.model._units import ExecCommand as ExecCommand

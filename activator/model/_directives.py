@@ -19,7 +19,7 @@ import attrs
 
 from activator import values as v
 from activator.model._units import ExecCommand, Listen
-from activator.units import UnitName, expand_specifiers, parse_unit_name
+from activator.units import UnitName, expand_specifiers, parse_unit_name, unescape_unit_name_part
 
 # ---------------------------------------------------------------------------------------------
 # Value parsers: (raw text, unit name) -> value; ValueError(reason) on bad input.
@@ -246,6 +246,45 @@ def _unescaped_words(conv: Callable[[str], Any]) -> Parse:
     return parse
 
 
+def _directories(raw: str, name: UnitName) -> tuple[str, ...]:
+    """``StateDirectory=`` and its siblings, as systemd's config_parse_exec_directories(): each
+    word is split at ``:`` (``SOURCE[:DESTINATION]``, the symlink form, refused here) *before*
+    its specifiers are resolved, so a colon that an instance name brings is part of the name
+    (an Accept=yes connection's instance is ``1-127.0.0.1:80-127.0.0.1:4711``).
+
+    What ``%I`` contributes may not hold a ``/``: ``u/%I`` of ``u@a-b`` would be ``u/a/b``,
+    inside ``u@a``'s ``u/a``, so one instance (one customer, one user) would own another's
+    directory. ``%i`` gives each instance a directory of its own.
+    """
+    out = []
+    for word in v.split_words(raw):
+        written = _utf8(word)
+        if ":" in written:
+            msg = f"symlink form {written!r} is not supported"
+            raise ValueError(msg)
+        expanded = _utf8(expand_specifiers(written, name))
+        out.append(_convert(v.validate_resolved_directory, written, expanded))
+        if "I" in _specifiers_of(written):
+            unescaped = unescape_unit_name_part(name.instance or "")
+            if "/" in unescaped:
+                msg = (
+                    f"%I gives {unescaped!r}: an instance's directory may not nest in "
+                    "another's; use %i"
+                )
+                raise ValueError(msg)
+    return tuple(out)
+
+
+def _specifiers_of(text: str) -> set[str]:
+    """The specifier letters ``text`` uses (``%%`` is a percent sign, not a specifier)."""
+    found: set[str] = set()
+    i = text.find("%")
+    while i >= 0:
+        found.add(text[i + 1 : i + 2])
+        i = text.find("%", i + 2)
+    return found - {"%", ""}
+
+
 def _plain_words(conv: Callable[[str], Any]) -> Parse:
     """Words split at white space only, no quotes or escapes (SupplementaryGroups=, as systemd)."""
     return lambda raw, name: tuple(conv(expand_specifiers(w, name)) for w in raw.split() if w)
@@ -375,28 +414,28 @@ SERVICE_DIRECTIVES: Mapping[tuple[str, str], Directive] = {
             "Service",
             "RuntimeDirectory",
             "runtime_directory",
-            _words(v.validate_relative_directory),
+            _directories,
             is_list=True,
         ),
         _d(
             "Service",
             "StateDirectory",
             "state_directory",
-            _words(v.validate_relative_directory),
+            _directories,
             is_list=True,
         ),
         _d(
             "Service",
             "CacheDirectory",
             "cache_directory",
-            _words(v.validate_relative_directory),
+            _directories,
             is_list=True,
         ),
         _d(
             "Service",
             "LogsDirectory",
             "logs_directory",
-            _words(v.validate_relative_directory),
+            _directories,
             is_list=True,
         ),
         _d("Service", "RuntimeDirectoryMode", "runtime_directory_mode", _raw(v.parse_mode)),

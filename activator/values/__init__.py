@@ -94,6 +94,7 @@ from ._paths import render_path_entry as render_path_entry
 from ._paths import render_tmpfs_entry as render_tmpfs_entry
 from ._paths import validate_absolute_path as validate_absolute_path
 from ._paths import validate_relative_directory as validate_relative_directory
+from ._paths import validate_resolved_directory as validate_resolved_directory
 from ._words import parse_env_assignment as parse_env_assignment
 from ._words import parse_env_name as parse_env_name
 from ._words import parse_environment_file as parse_environment_file

@@ -58,11 +58,23 @@ def validate_relative_directory(word: str) -> str:
     anything that is not already in canonical form. The ``a:b`` symlink form of systemd 250+ is
     refused too.
     """
-    if not word:
-        msg = "must not be empty"
-        raise ValueError(msg)
     if ":" in word:
         msg = f"symlink form {word!r} is not supported"
+        raise ValueError(msg)
+    return validate_resolved_directory(word)
+
+
+def validate_resolved_directory(word: str) -> str:
+    """Check a ``StateDirectory=``-style name whose specifiers are resolved: as
+    :func:`validate_relative_directory`, but a colon is part of the name.
+
+    systemd splits a word at ``:`` (``SOURCE[:DESTINATION]``) *before* it resolves the
+    specifiers of each part, so a colon an instance name brings (``%i`` of an Accept=yes
+    connection's ``1-127.0.0.1:80-127.0.0.1:4711``) names no symlink; the caller refuses a
+    colon of the word as written.
+    """
+    if not word:
+        msg = "must not be empty"
         raise ValueError(msg)
     if word.startswith("/"):
         msg = f"must be relative (got absolute path {word!r})"

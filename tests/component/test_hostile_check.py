@@ -109,7 +109,7 @@ def test_a_hostile_tree_through_the_command_line_gives_placed_errors_and_keeps_g
     os.symlink("/etc/passwd", units / "outside.service")
     settings = tmp_path / "activator.toml"
     settings.write_text('[pool]\nfirst = 61184\nlast = "many"\n\n[bogus]\n', encoding="utf-8")
-    asked = [f"{units}/esc@\\x2e\\x2e.service", f"{units}/esc@a-b.service"]
+    asked = [f"{units}/esc@\\x2e\\x2e.service", f"{units}/esc@a\\x2db.service"]
     done = check("--config", str(settings), str(units), *asked)
     assert done.returncode == 2, done.stderr
     placed = problem_lines(done.stderr)
@@ -133,8 +133,8 @@ def test_a_hostile_tree_through_the_command_line_gives_placed_errors_and_keeps_g
     ) in done.stderr
     # Bad units never stop the good ones, nor a bad instance the template's good ones.
     assert "good.service: service\n" in done.stdout
-    assert "esc@a-b.service: service\n" in done.stdout
-    assert "  STATE_DIRECTORY=/var/lib/e/a/b\n" in done.stdout
+    assert "esc@a\\x2db.service: service\n" in done.stdout
+    assert "  STATE_DIRECTORY=/var/lib/e/a-b\n" in done.stdout
     assert "deep.service: service\n" in done.stdout  # 300,000 continued lines are one command
     files = sum(len(names) for _, _, names in os.walk(units)) + 1  # and the settings file
     figures.update(inputs=1, files=files, problems=len(placed), exit_code=done.returncode)

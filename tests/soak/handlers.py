@@ -9,18 +9,22 @@ thing. The behaviours are the ways a handler can end, and the things it can leav
 - ``crash``: reads one line, then dies of SIGSEGV: a real fault (Python reads address 0 through
   ctypes), because ``kill -SEGV $$`` does nothing here: the handler is PID 1 of its PID
   namespace, and the kernel drops a signal a PID 1 sends itself without a handler for it. It has
-  a state directory, which it never writes to (each connection chowns it).
+  a state directory, which it never writes to.
 - ``early``: exits without reading a byte (the client's data is still unread: a reset).
 - ``hang``: sleeps until ``RuntimeMaxSec=`` (1 s) stops it.
 - ``fork``: leaves two background children (one a session leader, one an orphan re-parented to
-  the handler) holding the connection, and echoes: the client must still see its end, and no
-  process may outlive the handler.
+  the handler) holding the connection, writes a file into its runtime directory (one for all its
+  connections: ``RuntimeDirectory=PREFIX-fork``) and echoes: the client must still see its end,
+  no process may outlive the handler, and the runtime directory must be there for every
+  connection and gone after the last.
 - ``files``: writes to /tmp, /var/tmp and /dev/shm, then replaces the one file of its state
   directory (a temporary file, then a rename: the directory stays small however long the soak
   runs), then echoes. It prints ``files ok``, or :data:`STATE_REFUSED` when only the state
-  directory refused the write. The state directory of a plain Accept=yes socket is shared by all
-  its connections, and each connection is a fresh user: each new connection chowns the directory
-  to its own UID, and a handler that started before it can no longer write there.
+  directory refused the write: that must never happen. The state directory of a plain
+  Accept=yes socket is the same for all its connections, so they all run as one dynamic user,
+  the template's, as systemd's instances do (before, each connection was a fresh user that
+  chowned the directory to itself, and a handler that started before it could no longer write
+  there).
 - ``ipc``: makes a SysV shared memory segment, message queue and semaphore set (``ipcmk``), a
   POSIX message queue and a POSIX shared memory file (``/dev/shm``), then echoes.
 
@@ -48,8 +52,8 @@ PRINT_UID: Final = "echo UID=$(id -u)"
 RUNTIME_MAX_SEC: Final = 2.0
 HANG_RUNTIME_MAX_SEC: Final = 1.0
 
-#: What the files handler prints when its state directory refused the write (it belongs to a
-#: newer connection's UID by then).
+#: What the files handler prints when its state directory refused the write (it would belong to
+#: another UID: the soak asserts that it never does).
 STATE_REFUSED: Final = "state refused"
 
 _SEGFAULT: Final = "import ctypes; ctypes.string_at(0)"
@@ -73,6 +77,8 @@ class Behaviour:
         echoes: the handler echoes all the client sends, and ends at the client's end of file.
         results: every way its invocation may end, as :func:`result` words it.
         state: the service has a ``StateDirectory=`` of its own (shared by its connections).
+        runtime: the service has a ``RuntimeDirectory=`` of its own (shared by its connections),
+            ``PREFIX-NAME``.
         runtime_max_sec: its ``RuntimeMaxSec=``.
     """
 
@@ -82,6 +88,7 @@ class Behaviour:
     echoes: bool = True
     results: frozenset[str] = frozenset()
     state: bool = False
+    runtime: bool = False
     runtime_max_sec: float = RUNTIME_MAX_SEC
 
     def __attrs_post_init__(self) -> None:
@@ -119,15 +126,19 @@ BEHAVIOURS: Final = (
     ),
     Behaviour(
         "fork",
-        f"setsid sleep 600 & (setsid sleep 601 &); {PRINT_UID}; exec cat",
+        f"setsid sleep 600 & (setsid sleep 601 &); {PRINT_UID}; "
+        'echo soak > "$RUNTIME_DIRECTORY/fork" && echo runtime ok; exec cat',
+        markers=("runtime ok\n",),
         results=_ECHO_RESULTS,
+        runtime=True,
     ),
     Behaviour(
         "files",
         f"{PRINT_UID}; echo soak > /tmp/soak.$$ && echo soak > /var/tmp/soak && "
         "mkdir -p /tmp/soak.d/deeper && echo soak > /dev/shm/soak && "
-        # A temporary file a refused rename left behind is removed by the next writer.
-        'if { rm -f "$STATE_DIRECTORY"/new.*; t=$(mktemp "$STATE_DIRECTORY/new.XXXXXX") && '
+        # Its connections share one user: no writer removes another's temporary file, which
+        # the other is about to rename (none is refused, so none is left behind).
+        'if { t=$(mktemp "$STATE_DIRECTORY/new.XXXXXX") && '
         'echo soak > "$t" && mv -f "$t" "$STATE_DIRECTORY/keep"; } 2>/dev/null; '
         f"then echo files ok; else echo {STATE_REFUSED}; fi; exec cat",
         markers=("files ok\n", f"{STATE_REFUSED}\n"),
@@ -151,7 +162,8 @@ def units(
 ) -> dict[str, str]:
     """The unit files of every behaviour: ``PREFIX-NAME.socket`` (Accept=yes on 127.0.0.1 and
     ``ports[NAME]``) and ``PREFIX-NAME@.service``, with ``StateDirectory=`` the
-    ``state_directories[NAME]`` of the behaviours with ``state``."""
+    ``state_directories[NAME]`` of the behaviours with ``state``, and ``RuntimeDirectory=``
+    ``PREFIX-NAME`` of those with ``runtime``."""
     out: dict[str, str] = {}
     for behaviour in BEHAVIOURS:
         name = f"{prefix}-{behaviour.name}"
@@ -165,6 +177,8 @@ def units(
         )
         if behaviour.state:
             service += f"StateDirectory={state_directories[behaviour.name]}\n"
+        if behaviour.runtime:
+            service += f"RuntimeDirectory={name}\n"
         out[f"{name}@.service"] = service
     return out
 

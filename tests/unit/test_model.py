@@ -538,3 +538,45 @@ def test_every_directive_in_scope_is_read() -> None:
     assert {("Service", k) for k in service_keys} <= SERVICE_DIRECTIVES.keys()
     for table in (SOCKET_DIRECTIVES, SERVICE_DIRECTIVES):
         assert {("Unit", "Description"), ("Install", "WantedBy")} <= table.keys()
+
+
+# --- directories of instances (issue 9: per-connection instances) ---------------------------
+
+
+CONNECTION = "foo@1-127.0.0.1:7007-127.0.0.1:41234.service"
+
+
+def test_a_connections_instance_name_with_colons_makes_its_directory_names() -> None:
+    """systemd splits ``SOURCE[:DESTINATION]`` before it resolves specifiers: the colons of an
+    Accept=yes connection's instance name are part of ``name/%i``, not a symlink form."""
+    text = "[Service]\nExecStart=/bin/true\nRuntimeDirectory=name/%i name-%i\nStateDirectory=%N\n"
+    unit, _ = service(CONNECTION, text)
+    instance = "1-127.0.0.1:7007-127.0.0.1:41234"
+    assert unit.runtime_directory == (f"name/{instance}", f"name-{instance}")
+    assert unit.state_directory == (f"foo@{instance}",)
+    # A colon written in the value is still systemd 250's symlink form, refused.
+    assert errors_of(CONNECTION, "[Service]\nExecStart=/bin/true\nCacheDirectory=a:%i\n") == [
+        f"{CONNECTION}:3: CacheDirectory='a:%i': symlink form 'a:%i' is not supported"
+    ]
+
+
+@pytest.mark.parametrize(
+    "key", ["RuntimeDirectory", "StateDirectory", "CacheDirectory", "LogsDirectory"]
+)
+def test_an_instance_whose_unescaped_name_holds_a_slash_is_refused_in_directories(key: str) -> None:
+    """``%I`` of ``u@a-b`` is ``a/b``: ``u/%I`` would put u@a-b's directory inside u@a's."""
+    assert errors_of("u@a-b.service", f"[Service]\nExecStart=/bin/true\n{key}=u/%I\n") == [
+        f"u@a-b.service:3: {key}='u/%I': %I gives 'a/b': an instance's directory may not nest in "
+        "another's; use %i"
+    ]
+    # %i, an escaped dash, and a literal "%I" ("%%I") are fine.
+    unit, _ = service("u@a-b.service", f"[Service]\nExecStart=/bin/true\n{key}=u/%i u/%%I\n")
+    unit_escaped, _ = service("u@a\\x2db.service", f"[Service]\nExecStart=/bin/true\n{key}=u/%I\n")
+    field = {"RuntimeDirectory": "runtime", "StateDirectory": "state"}.get(key, key[:-9].lower())
+    assert getattr(unit, f"{field}_directory") == ("u/a-b", "u/%I")
+    assert getattr(unit_escaped, f"{field}_directory") == ("u/a-b",)
+    # Every connection's instance (N-LOCAL-REMOTE) unescapes with slashes: %I is refused there.
+    assert (
+        "%I gives '1/127.0.0.1:7007/127.0.0.1:41234'"
+        in errors_of(CONNECTION, f"[Service]\nExecStart=/bin/true\n{key}=x/%I\n")[0]
+    )

@@ -808,6 +808,31 @@ def test_relative_directory_invalid(word: str, message: str) -> None:
     assert reason(lambda: v.validate_relative_directory(word)) == message
 
 
+@pytest.mark.parametrize(
+    "word", ["name/1-127.0.0.1:7007-127.0.0.1:41234", "name-1-::1:80-::1:5555", ":", "a:b"]
+)
+def test_a_resolved_directory_may_hold_the_colon_an_instance_name_brings(word: str) -> None:
+    assert v.validate_resolved_directory(word) == word
+    assert "symlink form" in reason(lambda: v.validate_relative_directory(word))
+
+
+@given(st.text(st.sampled_from("ab:./-\t"), max_size=8))
+def test_resolved_and_relative_directories_differ_only_in_colons(word: str) -> None:
+    """Everything but the colon is checked alike: only what specifiers resolve to may hold one."""
+
+    def verdict(check: Callable[[str], str]) -> str:
+        try:
+            return check(word)
+        except ValueError as error:
+            return f"refused: {error}"
+
+    relative = verdict(v.validate_relative_directory)
+    if ":" in word:
+        assert relative == f"refused: symlink form {word!r} is not supported"
+    else:
+        assert verdict(v.validate_resolved_directory) == relative
+
+
 def test_path_entry() -> None:
     assert v.parse_path_entry("/srv") == PathEntry("/srv", ignore_missing=False)
     assert v.parse_path_entry("-/srv/maybe") == PathEntry("/srv/maybe", ignore_missing=True)
