@@ -572,11 +572,13 @@ def check_json(*args: str) -> tuple[int, dict[str, Any], str]:
     return code, json.loads(out.getvalue()), err.getvalue()
 
 
-CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: What a problem line must never hold: C0, DEL, C1 and the Unicode line separators.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def escape(match: re.Match[str]) -> str:
-    return f"\\x{ord(match[0]):02x}"
+    code = ord(match[0])
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def assert_placed(problem: dict[str, Any], written: Written) -> None:
