@@ -1,6 +1,6 @@
 """Hostile units and settings through the real command line and the control socket's ``enable``.
 
-The fuzzer (``tests/unit/test_hostile_units.py``) runs ``activator check`` in-process; here the
+The fuzzer (``tests/component/test_hostile_units.py``) runs ``activator check`` in-process; here the
 real ``python -m activator check`` runs as a subprocess on a hand-made hostile tree and on a few
 mutated ones, as a user would see it: exit code 2, no traceback, every problem on stderr as
 ``activator: FILE:LINE: ...``. Then the control socket's ``enable`` (the real
@@ -33,7 +33,7 @@ from activator.loader import load_catalog
 from activator.manager import Manager
 from activator.model import ServiceUnit
 from activator.units import LONG_LINE_MAX
-from tests.unit.test_hostile_units import (
+from tests.component.test_hostile_units import (
     HOSTILE_LINES,
     INSTANCE_OUTCOMES,
     SETTINGS_SEEDS,
