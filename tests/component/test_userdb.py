@@ -6,29 +6,39 @@ directory behind. Their users have UIDs just below the default pool (61101...), 
 meet the leases of other tests; each test first checks that NSS does not know them.
 
 The other tests talk raw Varlink to a socket under tmp_path (the service name is then the socket's
-file name, as for any userdb service), or call the protocol core :func:`answer` directly.
+file name, as for any userdb service), or call the protocol core :func:`answer` directly. The
+tests of the connection caps at the total cap need clients of several UIDs, which only root can
+be: there, each client names its UID in the name it binds its socket to, and the server's
+``SO_PEERCRED`` lookup is replaced by a reading of that name (:func:`fake_peer`); the table of
+connections itself is checked directly too, with hypothesis.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
+import fcntl
 import functools
 import json
 import os
 import select
 import socket
 import stat
+import struct
 import sys
+import termios
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 import attrs
 import pytest
 import trio
+import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
+from activator.sockfile import PeerCredentials
 from activator.userdb import (
     SERVICE,
     SOCKET_PATH,
@@ -36,6 +46,8 @@ from activator.userdb import (
     UserdbLimits,
     UserdbSocketError,
     UserRecord,
+    _Client,
+    _Connections,
     answer,
     group_record_json,
     serve_userdb,
@@ -609,6 +621,248 @@ async def test_connections_are_capped_per_peer_uid(tmp_path: Path) -> None:
                         pass
                 await trio.sleep(0.01)  # the server task of a closed connection is ending
         nursery.cancel_scope.cancel()
+
+
+# --- room at the total cap ----------------------------------------------------------------------
+
+#: The caps of the eviction tests: three connections in all, ten of one UID.
+CAPPED = UserdbLimits(max_connections=3, max_connections_per_uid=10)
+#: The users of the eviction tests' server, and the call that lists them all.
+MANY = Table.of(*(UserRecord(f"udbtest-{n}", 61300 + n, "many.service") for n in range(200)))
+ENUMERATE = encode(
+    {"method": f"{UDB}.GetUserRecord", "parameters": {"service": SERVICE}, "more": True}
+)
+#: The size of one answer to :data:`ENUMERATE` (about 50 KB).
+ENUMERATION_BYTES = sum(len(reply) for reply in answer(MANY, ENUMERATE[:-1]))
+#: Enumerations enough that their answers are far more than a Unix socket buffers: the sender's
+#: send buffer bounds what is queued (``net.core.wmem_default``, 208 KiB by default).
+ENUMERATIONS = max(
+    20, 4 * int(Path("/proc/sys/net/core/wmem_default").read_text()) // ENUMERATION_BYTES + 1
+)
+
+
+def fake_peer(sock: trio.socket.SocketType) -> PeerCredentials:
+    """The "credentials" of a test client: the UID in the name it bound its socket to
+    (``peer-UID-N``). Only root can connect as other UIDs; the caps count what this says."""
+    name = os.path.basename(sock.getpeername())
+    return PeerCredentials(pid=0, uid=int(name.split("-")[1]), gid=0)
+
+
+@attrs.define
+class Peers:
+    """Clients of a userdb server at ``path`` that each say which UID they are (see
+    :func:`fake_peer`), with their sockets' names under ``directory``; :meth:`aclose` closes
+    them all."""
+
+    path: str
+    directory: Path
+    streams: list[trio.SocketStream] = attrs.Factory(list)
+
+    async def connect(self, uid: int) -> trio.SocketStream:
+        """A new connection as UID ``uid``."""
+        sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            await sock.bind(str(self.directory / f"peer-{uid}-{len(self.streams)}"))
+            await sock.connect(self.path)
+        except BaseException:
+            sock.close()
+            raise
+        self.streams.append(trio.SocketStream(sock))
+        return self.streams[-1]
+
+    async def aclose(self) -> None:
+        for stream in self.streams:
+            await stream.aclose()
+
+    async def served(self, uid: int) -> trio.SocketStream:
+        """A new connection as UID ``uid`` whose lookup was answered: admitted, and waiting for
+        its next message."""
+        stream = await self.connect(uid)
+        assert await answered(stream)
+        return stream
+
+    async def busy(self, uid: int) -> trio.SocketStream:
+        """A new connection as UID ``uid`` being answered: it asked for :data:`ENUMERATIONS`
+        enumerations and reads nothing, so the server is stuck sending (until its write
+        timeout, 10 s). Checked: part of the answer waits in the client's socket, not all."""
+        stream = await self.connect(uid)
+        await stream.send_all(ENUMERATE * ENUMERATIONS)
+        await trio.testing.wait_all_tasks_blocked()  # the server blocks in its send
+        queued = queued_bytes(stream)
+        assert 0 < queued < ENUMERATIONS * ENUMERATION_BYTES, queued
+        return stream
+
+
+def queued_bytes(stream: trio.SocketStream) -> int:
+    """How many bytes wait, unread, in the client's socket (``FIONREAD``)."""
+    raw = fcntl.ioctl(stream.socket.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    count: int = struct.unpack("i", raw)[0]
+    return count
+
+
+async def answered(stream: trio.SocketStream) -> bool:
+    """Whether a lookup on ``stream`` gets its record (False: the server closed it)."""
+    with trio.fail_after(CLIENT_DEADLINE):
+        try:
+            reply = await roundtrip(stream, lookup("udbtest-7"))
+        except trio.BrokenResourceError:
+            return False
+    if reply is None:
+        return False
+    assert reply["parameters"]["record"]["uid"] == 61307  # type: ignore[index]
+    return True
+
+
+async def read_everything(stream: trio.SocketStream) -> int:
+    """Read the answers of a busy client to its :data:`ENUMERATIONS` enumerations; how many
+    whole records came (the replies are checked as they come)."""
+    buffer = bytearray()
+    records = 0
+    with trio.fail_after(CLIENT_DEADLINE):
+        for _ in range(ENUMERATIONS * len(MANY.by_uid)):
+            reply = await receive(stream, buffer)
+            assert reply is not None, f"closed after {records} records"
+            assert reply["parameters"]["record"]["userName"].startswith("udbtest-")  # type: ignore[index]
+            records += 1
+    return records
+
+
+@pytest.fixture
+async def capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Peers]:
+    """A server of :data:`MANY` under :data:`CAPPED`, whose clients say their UID."""
+    monkeypatch.setattr("activator.userdb.peer_credentials", fake_peer)
+    path = str(tmp_path / SERVICE)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(functools.partial(serve_userdb, MANY, path, limits=CAPPED))
+        peers = Peers(path, tmp_path)
+        try:
+            yield peers
+        finally:
+            await peers.aclose()
+            nursery.cancel_scope.cancel()
+
+
+async def test_at_the_cap_the_oldest_idle_connection_of_the_uid_holding_most_makes_room(
+    capped: Peers, figures: dict[str, object]
+) -> None:
+    oldest = await capped.served(70001)
+    first_of_two = await capped.served(70002)
+    second_of_two = await capped.served(70002)
+    # At the cap, a newcomer is served: the oldest waiting connection of UID 70002, which holds
+    # the most, is closed for it; not the oldest of all (70001's).
+    newcomer = await capped.served(70003)
+    closed = [await receive_until_closed(first_of_two)]
+    assert closed == [b""]
+    assert await answered(oldest)
+    assert await answered(second_of_two)
+    # Now each UID holds one: the oldest waiting one of them all goes for the next newcomer.
+    assert await answered(await capped.connect(70004))
+    closed.append(await receive_until_closed(oldest))
+    assert closed == [b"", b""]
+    assert await answered(second_of_two)
+    assert await answered(newcomer)
+    figures.update(
+        max_connections=CAPPED.max_connections,
+        connections=len(capped.streams),
+        closed_to_make_room=len(closed),
+    )
+
+
+async def test_at_the_cap_a_connection_being_answered_is_never_closed_to_make_room(
+    capped: Peers, figures: dict[str, object]
+) -> None:
+    busy = [await capped.busy(70001), await capped.busy(70001)]
+    idle = await capped.served(70002)
+    # UID 70001 holds the most, but both of its connections are being answered: the idle one
+    # of 70002 makes room.
+    assert await answered(await capped.connect(70003))
+    closed = await receive_until_closed(idle) == b""
+    assert closed
+    records = [await read_everything(stream) for stream in busy]
+    assert records == [ENUMERATIONS * len(MANY.by_uid)] * len(busy)
+    figures.update(
+        connections=len(capped.streams),
+        busy_connections=len(busy),
+        busy_records_received=sum(records),
+        closed_to_make_room=int(closed),
+        lost=len(busy) * ENUMERATIONS * len(MANY.by_uid) - sum(records),
+    )
+
+
+async def test_at_the_cap_a_newcomer_is_closed_when_every_connection_is_being_answered(
+    capped: Peers, figures: dict[str, object]
+) -> None:
+    busy = [await capped.busy(70001), await capped.busy(70001), await capped.busy(70002)]
+    newcomer = await capped.connect(70003)
+    with contextlib.suppress(trio.BrokenResourceError):  # closed meanwhile
+        await newcomer.send_all(lookup("udbtest-7"))
+    refused = await receive_until_closed(newcomer) == b""
+    assert refused
+    # The busy ones get their whole answers; then they wait, and make room again.
+    records = [await read_everything(stream) for stream in busy]
+    assert records == [ENUMERATIONS * len(MANY.by_uid)] * len(busy)
+    assert await answered(await capped.connect(70003))
+    figures.update(
+        connections=len(capped.streams),
+        busy_connections=len(busy),
+        busy_records_received=sum(records),
+        refused=int(refused),
+        lost=len(busy) * ENUMERATIONS * len(MANY.by_uid) - sum(records),
+    )
+
+
+#: One step on the connection table: admit a connection of a UID, or, for the live connection
+#: at an index (modulo their number), release it, or mark it busy (being answered) or waiting.
+STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("admit"), st.integers(0, 3)),
+        st.tuples(st.sampled_from(["release", "busy", "wait"]), st.integers(0, 20)),
+    ),
+    max_size=60,
+)
+
+
+@pytest.mark.slow  # half a second under the CI profile's 300 examples
+@given(
+    most=st.integers(1, 5),
+    most_per_uid=st.integers(1, 5),
+    steps=STEPS,
+)
+def test_the_connection_counts_hold_whatever_the_order_of_events(
+    most: int, most_per_uid: int, steps: list[tuple[str, int]]
+) -> None:
+    table = _Connections(UserdbLimits(max_connections=most, max_connections_per_uid=most_per_uid))
+    live: list[_Client] = []  # admitted, not released yet (evicted ones included, until released)
+    for action, number in steps:
+        counted = [client for client in live if not client.evicted]
+        if action == "admit":
+            waiting = [client for client in counted if client.waiting]
+            holds = collections.Counter(client.uid for client in counted)
+            full = holds[number] >= most_per_uid or (len(counted) >= most and not waiting)
+            client = table.admit(number)
+            assert (client is None) is full
+            evicted = [c for c in counted if c.evicted]
+            if len(counted) >= most and client is not None:
+                # Exactly one made room: the oldest waiting one of the UID holding the most.
+                top = max(holds[c.uid] for c in waiting)
+                assert evicted == [next(c for c in waiting if holds[c.uid] == top)]
+                assert evicted[0].scope.cancel_called
+            else:
+                assert evicted == []
+            if client is not None:
+                live.append(client)
+        elif live:
+            client = live[number % len(live)]
+            if action == "release":
+                table.release(client)
+                live.remove(client)
+            else:
+                client.waiting = action == "wait"
+        counted = [client for client in live if not client.evicted]
+        assert table.total == sum(table.per_uid.values()) == len(counted) <= most
+        assert table.per_uid == collections.Counter(client.uid for client in counted)
+        assert all(0 < n <= most_per_uid for n in table.per_uid.values())
+        assert list(table.clients) == live
 
 
 async def test_a_stale_socket_is_replaced(tmp_path: Path) -> None:

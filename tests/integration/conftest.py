@@ -3,11 +3,13 @@
 Integration tests drive the product as a user does: ``activator run`` as a subprocess
 (:func:`run_activator`, :func:`start_activator`), and then look at the host as root would, with
 no help from the product: ``/proc``, ``/proc/sysvipc``, ``/dev/shm``, the host's POSIX message
-queues, the lease directory, the cgroup trees and the mount table (:class:`HostTrace`).
+queues, the lease directory, the cgroup trees and the mount table (:class:`HostTrace`); and one
+process's descriptors and memory (:func:`fd_count`, :func:`memory_kib`).
 
 Fixtures:
     leaves_nothing: asserts, when the test ends, that nothing of the pool's UIDs was left behind
         (see :class:`HostTrace`); request it first, so it checks after the test's own clean-up.
+        :func:`leaves_nothing_of` is the same check for one pool range and unit prefix only.
     directory_name: a factory of unique State/Cache/Logs/Runtime directory names, whose
         directories (public path and boundary copy) are removed when the test ends.
     background: a factory of background ``activator run`` processes (:func:`start_activator`),
@@ -155,6 +157,30 @@ def children_of(pid: int) -> list[int]:
     return out
 
 
+def fd_count(pid: int) -> int:
+    """How many descriptors process ``pid`` holds now."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """``VmRSS`` (resident now) and ``VmHWM`` (the peak) of process ``pid``, in KiB."""
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status", encoding="ascii") as file:
+        for line in file:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(rest.split()[0])
+    if "VmRSS" not in out:
+        msg = f"no VmRSS for PID {pid} (a zombie?)"
+        raise AssertionError(msg)
+    return out
+
+
+def rss_kib(pid: int) -> int:
+    """The resident memory of process ``pid`` now, in KiB (``VmRSS``)."""
+    return memory_kib(pid)["VmRSS"]
+
+
 def sysv_objects() -> set[tuple[str, int, int, int]]:
     """The host's SysV IPC objects owned or created by a pool UID: (kind, id, uid, cuid)."""
     out: set[tuple[str, int, int, int]] = set()
@@ -213,11 +239,33 @@ def _listing(directory: str) -> frozenset[str]:
         return frozenset()
 
 
+def cgroup_bases() -> list[str]:
+    """The ``activator`` base directory of every cgroup hierarchy (v2 and v1), each once; an
+    invocation's cgroup ``UNIT/INVOCATION`` is that path below each base that has it."""
+    roots = [*CGROUP_ROOTS, *(str(p) for p in Path("/sys/fs/cgroup").glob("*/activator"))]
+    return list(dict.fromkeys(roots))
+
+
+def cgroup_populated(name: str) -> bool:
+    """Whether a process is in the invocation cgroup ``name`` (``UNIT/INVOCATION``) in any
+    hierarchy: v2 ``cgroup.events`` says ``populated 1``, or a ``cgroup.procs`` lists one. A
+    cgroup that is gone holds nothing."""
+    for base in cgroup_bases():
+        for file, full in (("cgroup.events", "populated 1"), ("cgroup.procs", None)):
+            try:
+                with open(f"{base}/{name}/{file}", encoding="ascii") as opened:
+                    text = opened.read()
+            except FileNotFoundError:
+                continue
+            if (full in text.splitlines()) if full is not None else text.strip():
+                return True
+    return False
+
+
 def _cgroups() -> frozenset[str]:
     """Every cgroup directory below an ``activator`` base of any hierarchy (v2 and v1)."""
-    roots = [*CGROUP_ROOTS, *(str(p) for p in Path("/sys/fs/cgroup").glob("*/activator"))]
     out: set[str] = set()
-    for root in dict.fromkeys(roots):
+    for root in cgroup_bases():
         for parent, dirs, _ in os.walk(root):
             out.update(os.path.join(parent, d) for d in dirs)
     return frozenset(out)
@@ -273,6 +321,46 @@ class HostTrace:
         return out
 
 
+def _belongs_to(kind: str, item: object, pool: range, unit_prefix: str) -> bool:
+    """Whether one thing :meth:`HostTrace.new_since` found belongs to ``pool`` and the units
+    starting with ``unit_prefix``: a UID of ``pool`` (process, IPC object, lease lock), or a
+    cgroup of such a unit. Mounts cannot be told apart: every new one counts."""
+    match kind, item:
+        case "processes", (_, tuple() as uids):
+            return any(uid in pool for uid in uids)
+        case "sysv", (_, _, int() as uid, int() as cuid):
+            return uid in pool or cuid in pool
+        case (("mqueues" | "shm"), (_, int() as uid)):
+            return uid in pool
+        case "locks", str() as name:
+            return name.isdigit() and int(name) in pool
+        case "cgroups", str() as path:
+            return f"/activator/{unit_prefix}" in path
+    return True
+
+
+@contextlib.contextmanager
+def leaves_nothing_of(pool: range | None = None, unit_prefix: str = "") -> Iterator[None]:
+    """Assert, when the block ends, that the host holds nothing of the pool it did not hold when
+    the block began (see :func:`leaves_nothing`).
+
+    With ``pool``, only what belongs to ``pool`` and to the units starting with ``unit_prefix``
+    counts: tests that own a pool range and a unit prefix look at their own things only, and
+    not at what tests of other files running at the same time hold for a moment (their leases,
+    their cgroups). Every new mount counts all the same.
+    """
+    before = HostTrace.take()
+    yield
+    left = HostTrace.take().new_since(before)
+    if pool is not None:
+        left = {
+            kind: mine
+            for kind, items in left.items()
+            if (mine := [i for i in items if _belongs_to(kind, i, pool, unit_prefix)])
+        }
+    assert not left, f"left behind on the host: {left}"
+
+
 @pytest.fixture
 def leaves_nothing() -> Iterator[None]:
     """Fail the test if, when it ends, the host holds anything of the pool it did not hold when
@@ -281,11 +369,10 @@ def leaves_nothing() -> Iterator[None]:
 
     The check is immediate, not polled: ``activator run`` promises that all of it is gone when
     it returns. Request this fixture before the others, so that it checks after their clean-up.
+    For a check of one pool range and unit prefix only, see :func:`leaves_nothing_of`.
     """
-    before = HostTrace.take()
-    yield
-    left = HostTrace.take().new_since(before)
-    assert not left, f"left behind on the host: {left}"
+    with leaves_nothing_of():
+        yield
 
 
 def remove_directories(name: str) -> None:

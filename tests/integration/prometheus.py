@@ -85,6 +85,13 @@ def parse(text: str) -> Samples:
     return samples
 
 
+def counter(samples: Samples, name: str, **labels: str) -> float:
+    """The value of a counter's sample, 0 when it has none: a labelled counter has no sample
+    until something is counted with those labels. (Not a ``default=`` keyword of :func:`value`:
+    callers pass their labels as ``**dict[str, str]``, which a typed keyword would clash with.)"""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
 def value(samples: Samples, name: str, **labels: str) -> float:
     """The value of one sample; AssertionError naming what there is when it is absent."""
     key = (name, tuple(sorted(labels.items())))

@@ -10,6 +10,9 @@ The clients' side: :class:`Client` is one connection (TCP over IPv4 or IPv6, or 
 socket) whose every read has a deadline; :func:`exchange` sends a request, half-closes and reads
 the whole answer; :func:`getent_passwd` asks the host's NSS (nss-systemd included) about a UID.
 
+A running server seen from outside: :func:`spawner_of` (its spawner process), :func:`userdb_socket`
+(the userdb socket it serves), :func:`lease_files` and :func:`lease_records` (its lease files).
+
 Fixtures:
     server: (re-exported by conftest) a factory ``server(units, settings="", strict=False)``
         of running servers, each stopped with SIGTERM (then SIGKILL, by PID) when the test ends;
@@ -22,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -33,7 +37,8 @@ from typing import Any, Final
 
 import pytest
 
-from tests.integration.conftest import CHECKOUT, LEASE_DIRECTORY, activator_command
+from activator.userdb import SOCKET_PATH as USERDB_SOCKET
+from tests.integration.conftest import CHECKOUT, LEASE_DIRECTORY, activator_command, children_of
 
 Event = dict[str, Any]
 
@@ -47,6 +52,9 @@ Address = str | tuple[str, int]
 
 #: The inetd-style echo handler: its UID, then every byte the client sends, back.
 ECHO: Final = "/bin/sh -c 'echo UID=$(id -u); exec cat'"
+
+#: The spawner's script, as its command line shows it.
+SPAWNER_SCRIPT: Final = "activator/spawner/__main__.py"
 
 
 def free_port(family: int = socket.AF_INET, host: str = "127.0.0.1") -> int:
@@ -167,18 +175,34 @@ class Server:
 StartServer = Callable[..., Server]
 
 
-def echo_units(name: str, port: int, *socket_lines: str, stderr: str = "inherit") -> dict[str, str]:
-    """``NAME.socket`` (Accept=yes on 127.0.0.1:``port``) and ``NAME@.service``, the
-    :data:`ECHO` handler as a dynamic user with the connection on its stdin and stdout (and
-    its stderr ``StandardError=stderr``: ``journal`` gives each invocation a pipe to the log)."""
-    extra = "".join(f"{line}\n" for line in socket_lines)
+def service_units(
+    name: str,
+    port: int,
+    command: str,
+    *,
+    socket_lines: Sequence[str] = (),
+    service_lines: Sequence[str] = (),
+) -> dict[str, str]:
+    """``NAME.socket`` (Accept=yes on 127.0.0.1:``port``, then ``socket_lines``) and
+    ``NAME@.service`` running ``command`` as a dynamic user with the connection on its stdin and
+    stdout (then ``service_lines``)."""
+    socket_extra = "".join(f"{line}\n" for line in socket_lines)
+    service_extra = "".join(f"{line}\n" for line in service_lines)
     return {
-        f"{name}.socket": f"[Socket]\nListenStream=127.0.0.1:{port}\nAccept=yes\n{extra}",
+        f"{name}.socket": f"[Socket]\nListenStream=127.0.0.1:{port}\nAccept=yes\n{socket_extra}",
         f"{name}@.service": (
-            f"[Service]\nExecStart={ECHO}\nDynamicUser=yes\n"
-            f"StandardInput=socket\nStandardOutput=socket\nStandardError={stderr}\n"
+            f"[Service]\nExecStart={command}\nDynamicUser=yes\n"
+            f"StandardInput=socket\nStandardOutput=socket\n{service_extra}"
         ),
     }
+
+
+def echo_units(name: str, port: int, *socket_lines: str, stderr: str = "inherit") -> dict[str, str]:
+    """:func:`service_units` of the :data:`ECHO` handler, its stderr ``StandardError=stderr``
+    (``journal`` gives each invocation a pipe to the log)."""
+    return service_units(
+        name, port, ECHO, socket_lines=socket_lines, service_lines=[f"StandardError={stderr}"]
+    )
 
 
 def write_units(directory: Path, units: Mapping[str, str]) -> None:
@@ -211,6 +235,72 @@ def lease_files() -> list[str]:
         return sorted(os.listdir(LEASE_DIRECTORY))
     except FileNotFoundError:
         return []
+
+
+def lease_records(pool: range | None = None, unit_prefix: str = "") -> dict[int, dict[str, Any]]:
+    """The lease files that exist now, with their records: UID -> record.
+
+    Only UIDs of ``pool`` (any, without it) and records whose unit starts with ``unit_prefix``
+    (another activator on the host may lease a UID of ``pool`` too). A file that is gone by the
+    time it is read (released meanwhile) is left out; one that is not a JSON object (being
+    rewritten, or damaged) has the record ``{}``, which no ``unit_prefix`` but ``""`` matches.
+    """
+    out: dict[int, dict[str, Any]] = {}
+    for name in lease_files():
+        if not name.isdigit() or (pool is not None and int(name) not in pool):
+            continue
+        try:
+            text = Path(LEASE_DIRECTORY, name).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            continue
+        try:
+            record = json.loads(text)
+        except ValueError:
+            record = {}
+        if not isinstance(record, dict):
+            record = {}
+        if str(record.get("unit", "")).startswith(unit_prefix):
+            out[int(name)] = record
+    return out
+
+
+def spawner_of(pid: int) -> int:
+    """The PID of the spawner of the ``activator serve`` process ``pid``: its one child running
+    the spawner's script."""
+    found = []
+    for child in children_of(pid):
+        try:
+            with open(f"/proc/{child}/cmdline", "rb") as file:
+                if SPAWNER_SCRIPT.encode() in file.read():
+                    found.append(child)
+        except OSError:
+            continue
+    assert len(found) == 1, f"not one spawner among the children of {pid}: {found}"
+    return found[0]
+
+
+def userdb_socket(server: Server) -> str:
+    """The userdb socket ``server`` serves: the main one, or its own beside it when another
+    activator served the main one first (it logs "serving PATH instead"). Asserts that the
+    server holds a socket listening on that path (``/proc/PID/net/unix``, of its network
+    namespace)."""
+    path = USERDB_SOCKET
+    for event in server.events:
+        found = re.search(r"serving (\S+) instead", str(event.get("message", "")))
+        if found:
+            path = found.group(1)
+            break
+    pid = server.proc.pid
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(FileNotFoundError):  # closed meanwhile (a connection)
+            held.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    with open(f"/proc/{pid}/net/unix", encoding="ascii") as file:
+        bound = {
+            fields[6] for line in file if len(fields := line.split()) >= 8 and fields[7] == path
+        }
+    assert any(f"socket:[{inode}]" in held for inode in bound), f"{pid} does not serve {path}"
+    return path
 
 
 @pytest.fixture
@@ -272,12 +362,15 @@ class Client:
     """One client connection to a served socket; a read (:meth:`line`, :meth:`rest`) takes at
     most ``timeout`` s in all, and so does the connect.
 
-    ``address`` is a Unix socket path, or ``(host, port)`` (IPv6 when host holds a ``:``).
-    :attr:`port` is the client's own TCP port (None for a Unix socket). Use it as a context
-    manager: the socket is closed at the end.
+    ``address`` is a Unix socket path, or ``(host, port)`` (IPv6 when host holds a ``:``);
+    ``source`` binds a TCP client to that address first (``127.0.0.3``). :attr:`port` is the
+    client's own TCP port (None for a Unix socket). Use it as a context manager: the socket is
+    closed at the end.
     """
 
-    def __init__(self, address: Address, timeout: float = CLIENT_TIMEOUT) -> None:
+    def __init__(
+        self, address: Address, timeout: float = CLIENT_TIMEOUT, *, source: str | None = None
+    ) -> None:
         if isinstance(address, str):
             family = socket.AF_UNIX
         else:
@@ -287,6 +380,8 @@ class Client:
         self.timeout = timeout
         self.buffer = b""
         try:
+            if source is not None:
+                self.sock.bind((source, 0))
             self.sock.connect(address)
         except BaseException:
             self.sock.close()

@@ -8,13 +8,14 @@ fault, and asserts what clients and the host see afterwards; each records its fi
   every handler (each one PID 1 of its PID namespace: its background children die with it).
   With a hung spawner the handlers outlive the crash, and the restart kills them through the
   cgroups its stale lease files name, before it listens. Either way nothing of the crashed run
-  is left, no UID is leased twice, the state directory is intact, and the restart listens
-  again in well under the issue's 2 s.
+  runs when the restart accepts its first connection (each process's pidfd and each cgroup of
+  the crashed run are looked at that moment, by every client), so no UID is leased twice; the
+  state directory is intact, and the restart listens again in well under the issue's 2 s.
 - ``kill -9`` of the spawner: the activator starts a new one. Handlers that ran die with the old
-  one (their clients see the end; their UIDs are released once their cgroups are empty, and the
-  host's init reaps them); a spawn in flight, or sent before the activator saw the death, is
-  refused (the client sees the connection closed); one that comes during the restart waits
-  for the new spawner and is served. None hangs.
+  one (their clients see the end; their UIDs are released once their cgroups are empty); a
+  spawn in flight, or sent before the activator saw the death, is refused (the client sees the
+  connection closed); one that comes during the restart waits for the new spawner and is
+  served. None hangs.
 - A full file system where a state directory is made: that invocation fails with the path and
   ``No space left on device`` in the log, its client sees the connection closed at once, other
   services are served, nothing is half made. A chown needs no space on ext4 (the owner lives in
@@ -25,19 +26,22 @@ fault, and asserts what clients and the host see afterwards; each records its fi
 
 Handlers are inetd-style shell one-liners as dynamic users. Unit names start with ``f9``; each
 test has a pool range of its own inside the default pool (so ``leaves_nothing`` watches it).
+The tests that kill a spawner or an activator make this process a child subreaper
+(:class:`Orphans`): what the dead leave is reparented here and reaped by the test, whatever the
+host's init does.
 File-descriptor exhaustion is in ``test_serve_pressure.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import json
 import os
 import re
 import select
 import signal
-import socket
 import stat
 import subprocess
 import threading
@@ -49,15 +53,17 @@ from typing import Any, Final
 import attrs
 import pytest
 
-from activator.userdb import SOCKET_PATH, UserdbLimits
+from activator.control import request as control_request
+from activator.userdb import UserdbLimits
 from tests.integration.conftest import (
-    LEASE_DIRECTORY,
+    cgroup_populated,
     children_of,
+    in_pool,
     pool_processes,
     printed_uid,
     processes_of,
 )
-from tests.integration.prometheus import parse, scrape, value
+from tests.integration.prometheus import counter, parse, scrape, value
 from tests.integration.serving import (
     ECHO,
     Address,
@@ -70,7 +76,10 @@ from tests.integration.serving import (
     free_port,
     getent_passwd,
     host_env,
-    lease_files,
+    lease_records,
+    service_units,
+    spawner_of,
+    userdb_socket,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -80,17 +89,16 @@ Figures = dict[str, Any]
 #: A client's deadline (connect, and the whole answer) under load: an answer that takes longer
 #: is counted as hung.
 CLIENT_DEADLINE: Final = 5.0
-#: The most exchanges one load thread makes, and the longest it runs.
+#: The most exchanges one load thread makes (connections that got through), the most connects
+#: refused (nothing listened) it tries, and the longest it runs.
 LOAD_MOST: Final = 400
+REFUSED_MOST: Final = 3000
 LOAD_SECONDS: Final = 20.0
 #: How long a server may take to deal with everything after a fault (processes reaped, leases
 #: released), before a test gives up.
 SETTLE_TIMEOUT: Final = 15.0
 #: A bound on "still answers": a lookup or a control request, not a speed target.
 ANSWERS_WITHIN: Final = 5.0
-
-#: The spawner's script, as its command line shows it.
-SPAWNER_SCRIPT: Final = "activator/spawner/__main__.py"
 
 #: The echo handler that first starts a background child in a session of its own.
 ECHO_WITH_CHILD: Final = "/bin/sh -c 'echo UID=$(id -u); setsid sleep 600 & exec cat'"
@@ -123,13 +131,6 @@ def command_line(pid: int) -> str:
         return ""
 
 
-def spawner_of(running: Server) -> int:
-    """The PID of the server's spawner: its child running the spawner's script."""
-    found = [pid for pid in children_of(running.proc.pid) if SPAWNER_SCRIPT in command_line(pid)]
-    assert len(found) == 1, f"not one spawner among the server's children: {found}"
-    return found[0]
-
-
 def wait_until(what: str, condition: Callable[[], bool], timeout: float = SETTLE_TIMEOUT) -> float:
     """Poll ``condition`` until it holds; the seconds it took. AssertionError after ``timeout``."""
     started = time.monotonic()
@@ -156,39 +157,90 @@ def logged(running: Server, pattern: re.Pattern[str]) -> re.Match[str]:
 
 
 def zombies_in(pool: range) -> list[int]:
-    """The processes of a UID of ``pool`` that have ended and wait to be reaped (orphans of a
-    dead spawner wait for the host's init)."""
+    """The processes of a UID of ``pool`` that have ended and wait to be reaped."""
     return [pid for pid, ids in pool_processes().items() if ids[0] in pool and not alive(pid)]
 
 
 def records_in(pool: range) -> dict[int, dict[str, Any]]:
     """The lease files of ``pool`` that exist now and are this file's (their unit starts with
-    ``f9``: another activator on the host may lease a UID of ``pool`` too), with their records
-    (UID -> record)."""
-    out: dict[int, dict[str, Any]] = {}
-    for name in lease_files():
-        if name.isdigit() and int(name) in pool:
-            with contextlib.suppress(OSError, ValueError):
-                record = json.loads(Path(LEASE_DIRECTORY, name).read_text())
-                if str(record.get("unit")).startswith("f9"):
-                    out[int(name)] = record
-    return out
+    ``f9``: another activator on the host may lease a UID of ``pool`` too): UID -> record."""
+    return lease_records(pool, "f9")
 
 
 def control(running: Server, command: str) -> Any:
-    """One request on the server's control socket; its ``result`` (asserts ``ok``)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(ANSWERS_WITHIN)
-        sock.connect(str(running.control))
-        sock.sendall(json.dumps({"command": command, "args": {}}).encode() + b"\n")
-        answer = b""
-        while not answer.endswith(b"\n"):
-            chunk = sock.recv(65536)
-            assert chunk, f"the control socket closed: {answer!r}"
-            answer += chunk
-    reply = json.loads(answer)
-    assert reply["ok"], reply
-    return reply["result"]
+    """One request on the server's control socket, answered within :data:`ANSWERS_WITHIN`; its
+    ``result``."""
+    return control_request(str(running.control), command, timeout=ANSWERS_WITHIN)
+
+
+class Orphans:
+    """This test process as a child subreaper (``PR_SET_CHILD_SUBREAPER``) while it is used:
+    what a dead spawner or a killed activator leaves is reparented here, not to the host's init,
+    and the test reaps it itself (:meth:`reap`) instead of waiting for an init that may not
+    reap at all. Only processes this test knows are reaped: a pool UID's, or a PID it was
+    told about (:meth:`adopt`); never a child some ``Popen`` waits for."""
+
+    _PR_SET_CHILD_SUBREAPER: Final = 36
+    _PR_GET_CHILD_SUBREAPER: Final = 37
+
+    def __init__(self) -> None:
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        flag = ctypes.c_int(0)
+        self._prctl(self._PR_GET_CHILD_SUBREAPER, ctypes.addressof(flag))
+        self._was = flag.value
+        self.known: set[int] = set()
+        self.reaped: list[int] = []
+
+    def _prctl(self, option: int, argument: int) -> None:
+        if self._libc.prctl(option, ctypes.c_ulong(argument), 0, 0, 0) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+
+    def __enter__(self) -> Orphans:
+        self._prctl(self._PR_SET_CHILD_SUBREAPER, 1)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        """Reap what is left (a process killed a moment ago is given up to 5 s to end), then
+        stop being a subreaper."""
+        try:
+            deadline = time.monotonic() + 5.0
+            while self.reap() or (self._left() and time.monotonic() < deadline):
+                time.sleep(0.01)
+        finally:
+            self._prctl(self._PR_SET_CHILD_SUBREAPER, self._was)
+
+    def _left(self) -> list[int]:
+        """The children of this process that it knows (alive or not)."""
+        pool = pool_processes()
+        return [
+            pid
+            for pid in children_of(os.getpid())
+            if pid in self.known or any(in_pool(uid) for uid in pool.get(pid, ()))
+        ]
+
+    def adopt(self, *pids: int) -> None:
+        """Reap these PIDs too once they are this process's dead children (a spawner)."""
+        self.known.update(pids)
+
+    def reap(self) -> list[int]:
+        """Reap every dead child of this process that it knows; the PIDs reaped now."""
+        now = []
+        for pid in self._left():
+            if not alive(pid):
+                with contextlib.suppress(ChildProcessError):
+                    if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                        now.append(pid)
+        self.reaped += now
+        return now
+
+
+@pytest.fixture
+def orphans() -> Iterator[Orphans]:
+    """This test process as the reaper of what the servers it starts leave (:class:`Orphans`);
+    request it before ``server``, so that every process the server starts knows it."""
+    with Orphans() as reaper:
+        yield reaper
 
 
 def leases_are_live(running: Server, pool: range) -> int:
@@ -209,49 +261,81 @@ def leases_are_live(running: Server, pool: range) -> int:
 
 
 class Deaths:
-    """Watches processes through pidfds (no PID reuse can fool it) and notes when each ended."""
+    """Watches processes through pidfds (no PID reuse can fool it): :meth:`alive` says which
+    still run at the moment it is asked, in the caller's thread; a thread notes when each ended
+    (:attr:`ended`, monotonic seconds: for the figures, a poll interval late at worst)."""
 
     def __init__(self, pids: list[int]) -> None:
         self.fds: dict[int, int] = {}
         self.ended: dict[int, float] = {}
-        for pid in pids:
-            try:
-                self.fds[pid] = os.pidfd_open(pid)
-            except ProcessLookupError:
-                self.ended[pid] = time.monotonic()
+        self._lock = threading.Lock()
+        self.watch(pids)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
 
-    def _watch(self) -> None:
+    def watch(self, pids: list[int]) -> None:
+        """Watch these processes too (those already watched are skipped)."""
+        with self._lock:
+            for pid in pids:
+                if pid in self.fds or pid in self.ended:
+                    continue
+                try:
+                    self.fds[pid] = os.pidfd_open(pid)
+                except ProcessLookupError:
+                    self.ended[pid] = time.monotonic()
+
+    def _ready(self, timeout_ms: int) -> list[int]:
+        """The watched processes whose pidfd says they ended, waiting up to ``timeout_ms``."""
         poller = select.poll()
-        for fd in self.fds.values():
+        with self._lock:
+            pids = {fd: pid for pid, fd in self.fds.items() if pid not in self.ended}
+        for fd in pids:
             poller.register(fd, select.POLLIN)
-        pids = {fd: pid for pid, fd in self.fds.items()}
+        return [pids[fd] for fd, _ in poller.poll(timeout_ms)] if pids else []
+
+    def _watch(self) -> None:
         deadline = time.monotonic() + LOAD_SECONDS + SETTLE_TIMEOUT
-        while self.running() and not self._stop.is_set():
-            if time.monotonic() > deadline:
-                return
-            for fd, _ in poller.poll(50):
-                self.ended.setdefault(pids[fd], time.monotonic())
-                poller.unregister(fd)
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            if not self.running():
+                self._stop.wait(0.05)  # more may be watched later
+                continue
+            with contextlib.suppress(OSError):  # a pidfd closed meanwhile: stopping
+                for pid in self._ready(50):
+                    self.ended.setdefault(pid, time.monotonic())
 
     def running(self) -> list[int]:
-        """The watched processes that have not ended."""
-        return sorted(pid for pid in self.fds if pid not in self.ended)
+        """The watched processes the thread has not seen end (yet)."""
+        with self._lock:
+            return sorted(pid for pid in self.fds if pid not in self.ended)
 
-    def kill(self, pid: int) -> None:
-        """SIGKILL a watched process through its pidfd (nothing if it is gone)."""
-        with contextlib.suppress(ProcessLookupError):
-            signal.pidfd_send_signal(self.fds[pid], signal.SIGKILL)
+    def alive(self) -> list[int]:
+        """The watched processes that run now: their pidfd is not readable at this moment
+        (asked in the caller's thread, with no wait; nothing after :meth:`close`)."""
+        with self._lock:
+            if self._stop.is_set():
+                return []
+            poller = select.poll()
+            pids = {fd: pid for pid, fd in self.fds.items()}
+            for fd in pids:
+                poller.register(fd, select.POLLIN)
+            ended = {pids[fd] for fd, _ in poller.poll(0)}
+            return sorted(pid for pid in pids.values() if pid not in ended)
+
+    def send(self, pid: int, signum: int) -> None:
+        """Send a signal to a watched process through its pidfd (nothing if it is gone)."""
+        with self._lock, contextlib.suppress(ProcessLookupError):
+            if pid in self.fds:
+                signal.pidfd_send_signal(self.fds[pid], signum)
 
     def close(self) -> None:
         """Stop watching, close the pidfds."""
         self._stop.set()
         self._thread.join(1)
-        for fd in self.fds.values():
-            os.close(fd)
-        self.fds.clear()
+        with self._lock:
+            for fd in self.fds.values():
+                os.close(fd)
+            self.fds.clear()
 
 
 def no_files_of_a_free_uid(top: str, pool: range, leased: set[int]) -> list[tuple[str, int]]:
@@ -278,11 +362,14 @@ class Attempt:
     Attributes:
         started, ended: monotonic seconds of the connect attempt and of the outcome.
         outcome: ``echoed`` (the UID line and the request back, then the end), ``closed`` (the
-            connection ended without the whole echo: refused by the server after accept),
+            connection ended without the whole echo: refused by the server after accept, or
+            reset before it was accepted),
             ``refused`` (the connect was refused: nothing listened), ``hung`` (no end within
             :data:`CLIENT_DEADLINE`).
         uid: the UID the handler printed, if it did.
         peer: the client's address as the server logs it, once connected.
+        left_at_connect: what the ``on_connect`` look of :func:`echo_once` found the moment the
+            connection was made (None: nothing looked).
     """
 
     started: float
@@ -290,40 +377,52 @@ class Attempt:
     outcome: str
     uid: int | None
     peer: str | None
+    left_at_connect: tuple[str, ...] | None = None
 
 
-def echo_once(address: tuple[str, int], token: str) -> Attempt:
-    """Connect, send ``token`` and a newline, half-close, and read the answer to its end."""
+#: A look at the host taken the moment a client's connection is made: what it finds.
+OnConnect = Callable[[], list[str]]
+
+
+def echo_once(address: tuple[str, int], token: str, on_connect: OnConnect | None = None) -> Attempt:
+    """Connect, send ``token`` and a newline, half-close, and read the answer to its end; with
+    ``on_connect``, call it as soon as the connection is made (before anything is sent)."""
     started = time.monotonic()
     try:
         client = Client(address, CLIENT_DEADLINE)
     except ConnectionRefusedError:
         return Attempt(started, time.monotonic(), "refused", None, None)
+    except ConnectionResetError:  # the listener closed (a crash) while the handshake was queued
+        return Attempt(started, time.monotonic(), "closed", None, None)
     except TimeoutError:
         return Attempt(started, time.monotonic(), "hung", None, None)
     with client:
+        left = None if on_connect is None else tuple(on_connect())
         peer = f"127.0.0.1:{client.port}"
         try:
             client.send(f"{token}\n".encode())
             client.finish_sending()
             answer = client.rest().decode(errors="replace")
         except AssertionError:  # no end of the answer within the deadline
-            return Attempt(started, time.monotonic(), "hung", None, peer)
+            return Attempt(started, time.monotonic(), "hung", None, peer, left)
         except OSError:  # reset while sending: closed by the server
-            return Attempt(started, time.monotonic(), "closed", None, peer)
+            return Attempt(started, time.monotonic(), "closed", None, peer, left)
     found = re.match(r"UID=(\d+)\n", answer)
     uid = int(found.group(1)) if found else None
     outcome = "echoed" if answer == f"UID={uid}\n{token}\n" else "closed"
-    return Attempt(started, time.monotonic(), outcome, uid, peer)
+    return Attempt(started, time.monotonic(), outcome, uid, peer, left)
 
 
 class EchoLoad:
-    """Client threads doing echo exchanges, each bounded by :data:`LOAD_MOST` exchanges and
-    :data:`LOAD_SECONDS`; :meth:`stop` ends them and returns every attempt."""
+    """Client threads doing echo exchanges, each bounded by :data:`LOAD_MOST` exchanges (a
+    connect refused, nothing listening, does not count: the load goes on after a restart),
+    :data:`REFUSED_MOST` refused connects and :data:`LOAD_SECONDS`; :meth:`stop` ends them and
+    returns every attempt. Set :attr:`on_connect` to look at the host at each connect."""
 
     def __init__(self, address: tuple[str, int], threads: int, name: str) -> None:
         self.address = address
         self.attempts: list[Attempt] = []
+        self.on_connect: OnConnect | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [
@@ -335,14 +434,18 @@ class EchoLoad:
 
     def _run(self, name: str) -> None:
         deadline = time.monotonic() + LOAD_SECONDS
-        for n in range(LOAD_MOST):
+        exchanges = refused = 0
+        while exchanges < LOAD_MOST and refused < REFUSED_MOST:
             if self._stop.is_set() or time.monotonic() > deadline:
                 return
-            attempt = echo_once(self.address, f"{name}-{n}")
+            attempt = echo_once(self.address, f"{name}-{exchanges}", self.on_connect)
             with self._lock:
                 self.attempts.append(attempt)
             if attempt.outcome == "refused":
+                refused += 1
                 time.sleep(0.01)  # nothing listens: do not spin
+            else:
+                exchanges += 1
 
     def count(self, outcome: str, since: float = 0.0) -> int:
         """How many attempts started at ``since`` or later ended in ``outcome`` so far."""
@@ -381,22 +484,32 @@ def pool_settings(pool: range) -> str:
     return f'[pool]\nfirst = {pool.start}\nlast = {pool.stop - 1}\non_exhausted = "reject"\n'
 
 
-def service_units(name: str, port: int, command: str, *service_lines: str) -> dict[str, str]:
-    """``NAME.socket`` (Accept=yes on 127.0.0.1:``port``) and ``NAME@.service`` running
-    ``command`` as a dynamic user with the connection on its stdin and stdout."""
-    extra = "".join(f"{line}\n" for line in service_lines)
-    return {
-        f"{name}.socket": f"[Socket]\nListenStream=127.0.0.1:{port}\nAccept=yes\n",
-        f"{name}@.service": (
-            f"[Service]\nExecStart={command}\nDynamicUser=yes\n"
-            f"StandardInput=socket\nStandardOutput=socket\n{extra}"
-        ),
-    }
-
-
 # --- kill -9 of the activator -------------------------------------------------------------------
 
 CRASH_POOL: Final = range(64700, 64764)
+
+
+def named_cgroups(records: dict[int, dict[str, Any]]) -> set[str]:
+    """The invocation cgroups lease records name (their ``cgroup``: one per line)."""
+    return {
+        name
+        for record in records.values()
+        for name in str(record.get("cgroup") or "").split("\n")
+        if name
+    }
+
+
+def still_there(deaths: Deaths, cgroups: set[str], but: int) -> list[str]:
+    """What of a crashed run runs now: its watched processes (but ``but``) whose pidfd is not
+    readable, and its invocation cgroups that hold a process."""
+    return [f"pid {pid} {command_line(pid)!r}" for pid in deaths.alive() if pid != but] + [
+        f"cgroup {name}" for name in sorted(cgroups) if cgroup_populated(name)
+    ]
+
+
+def zombie(pid: int) -> bool:
+    """Whether ``pid`` has ended and waits to be reaped."""
+    return os.path.exists(f"/proc/{pid}") and not alive(pid)
 
 
 @pytest.mark.parametrize(
@@ -404,6 +517,7 @@ CRASH_POOL: Final = range(64700, 64764)
 )
 def test_kill_9_of_the_activator_under_load_then_a_restart_leaves_nothing_of_the_crashed_run(
     leaves_nothing: None,
+    orphans: Orphans,
     server: StartServer,
     directory_name: Callable[[str], str],
     figures: Figures,
@@ -414,7 +528,9 @@ def test_kill_9_of_the_activator_under_load_then_a_restart_leaves_nothing_of_the
     units = {
         **echo_units("f9crash", echo_port),
         **service_units("f9child", child_port, ECHO_WITH_CHILD),
-        **service_units("f9state", state_port, APPEND_TO_STATE, f"StateDirectory={state}"),
+        **service_units(
+            "f9state", state_port, APPEND_TO_STATE, service_lines=[f"StateDirectory={state}"]
+        ),
     }
     settings = pool_settings(CRASH_POOL)
     crashed = server(units, settings)
@@ -424,15 +540,19 @@ def test_kill_9_of_the_activator_under_load_then_a_restart_leaves_nothing_of_the
 
     def append_to_state() -> None:
         deadline = time.monotonic() + LOAD_SECONDS
-        for n in range(LOAD_MOST):
+        refused = 0  # connects that did not get through (nothing listened): not counted
+        while len(sent) < LOAD_MOST and refused < REFUSED_MOST:
             if stopping.is_set() or time.monotonic() > deadline:
                 return
-            line = f"line-{n}"
+            line = f"line-{len(sent)}"
+            try:
+                client = Client(("127.0.0.1", state_port), CLIENT_DEADLINE)
+            except OSError:
+                refused += 1
+                time.sleep(0.01)
+                continue
             sent.append(line)
-            with (
-                contextlib.suppress(ConnectionRefusedError, OSError, AssertionError),
-                Client(("127.0.0.1", state_port), CLIENT_DEADLINE) as client,
-            ):
+            with client, contextlib.suppress(OSError, AssertionError):
                 printed_uid(client.line())
                 client.send(f"{line}\n".encode())
                 if client.line() == "stored":
@@ -457,67 +577,93 @@ def test_kill_9_of_the_activator_under_load_then_a_restart_leaves_nothing_of_the
         writer.start()
         wait_until("the load is served", lambda: load.count("echoed") >= 20 and len(stored) >= 3)
         checked = sum(leases_are_live(crashed, CRASH_POOL) for _ in range(5))
+        # A socket of its own beside the main userdb socket outlives a kill -9 (see the report).
+        userdb_path = userdb_socket(crashed)
+        if userdb_path.endswith(f".run-{crashed.proc.pid}"):
+            stack.callback(lambda: Path(userdb_path).unlink(missing_ok=True))
 
-        # The crashed run's processes: those of every UID it leased, as its lease files say.
-        ours = set(records_in(CRASH_POOL))
+        # The crashed run, stopped while it is looked at (the activator and its spawner): no
+        # lease is taken and no handler started meanwhile. Its processes are those of every UID
+        # it leased, as its lease files say.
+        spawner = spawner_of(crashed.proc.pid)
+        orphans.adopt(spawner)  # its parent dies: this test reaps it
+        deaths = Deaths([spawner])
+        stack.callback(deaths.close)
+        crashed.signal(signal.SIGSTOP)
+        stack.callback(crashed.proc.send_signal, signal.SIGCONT)  # a failure here: stop it then
+        deaths.send(spawner, signal.SIGSTOP)
+        if spawner_hangs:  # a hung spawner cannot take its handlers down with it
+            stack.callback(deaths.send, spawner, signal.SIGKILL)  # whatever happens
+        else:
+            stack.callback(deaths.send, spawner, signal.SIGCONT)
+        records = records_in(CRASH_POOL)
+        ours = set(records)
         assert set(held_uids) <= ours
         leftovers = {pid: uid for uid in ours for pid in processes_of(uid)}
         background = [pid for pid in processes_of(child_uid) if "sleep" in command_line(pid)]
         assert background, "the background child is gone before the crash"
-        spawner = spawner_of(crashed)
-        deaths = Deaths([*leftovers, spawner])
-        stack.callback(deaths.close)
+        deaths.watch(list(leftovers))
         stored_before = len(stored)
 
-        if spawner_hangs:  # a hung spawner cannot take its handlers down with it
-            os.kill(spawner, signal.SIGSTOP)
-            stack.callback(deaths.kill, spawner)  # ours, through its pidfd, whatever happens
         killed = time.monotonic()
-        os.kill(crashed.proc.pid, signal.SIGKILL)
+        crashed.signal(signal.SIGKILL)
         crashed.proc.wait(SETTLE_TIMEOUT)
         if not spawner_hangs:
+            deaths.send(spawner, signal.SIGCONT)  # it sees its activator gone
             # Each held client sees its connection end: its handler died with the spawner.
             for client in held_clients:
                 assert client.rest() == b"", "a held connection got data, or did not end"
             closed_seconds = time.monotonic() - killed
             wait_until("the spawner exits", lambda: spawner in deaths.ended)
-        running_at_restart = [pid for pid in deaths.running() if pid != spawner]
+        # What is left of the crashed run when the restart begins: every process of its UIDs
+        # (a handler's child started after the look above too), and the cgroups its lease files
+        # name (a process started after that last look is in one of them).
+        deaths.watch([pid for uid in ours for pid in processes_of(uid)])
+        cgroups = named_cgroups(records)
+        running_at_restart = [pid for pid in deaths.alive() if pid != spawner]
+        watched = len(deaths.fds) - 1  # the spawner is not the crashed run's handlers
         if spawner_hangs:
             # The held handlers (and the background child) outlive the crash: nothing kills them.
             held_processes = [pid for pid, uid in leftovers.items() if uid in held_uids]
             assert set(held_processes) <= set(running_at_restart), "died with a hung spawner"
 
+        def left_now() -> list[str]:
+            return still_there(deaths, cgroups, spawner)
+
         restart = time.monotonic()
+        load.on_connect = left_now  # every connection after the restart looks
         restarted = server(units, settings, directory=crashed.directory, wait=False)
         listening = first_echo = None
+        left_at_listen: tuple[str, ...] = ()
         while first_echo is None:
             assert time.monotonic() - restart < 30, f"not serving again: {restarted.log()}"
-            attempt = echo_once(("127.0.0.1", echo_port), "probe")
+            attempt = echo_once(("127.0.0.1", echo_port), "probe", left_now)
             if attempt.outcome != "refused" and listening is None:
                 listening = attempt.started - restart  # a connect attempt that got through
+                left_at_listen = attempt.left_at_connect or ()
             if attempt.outcome == "echoed":
                 first_echo = attempt.ended - restart
             elif attempt.outcome == "refused":
                 time.sleep(0.005)
         assert listening is not None
+        # The restart killed what was left of the crashed run before it listened: when the first
+        # connection got through, every process of it had ended (its pidfd said so, looked at
+        # that moment) and its cgroups were empty. The handlers, their children, and (unless it
+        # is stopped) the spawner.
+        assert left_at_listen == (), f"running when the restart listened: {left_at_listen}"
         restarted.wait_for(lambda e: e.get("event") == "ready")
         ready = time.monotonic() - restart
-        # Every process of the crashed run is gone: the handlers, their children, and (unless
-        # it is stopped) the spawner. The restart killed survivors before it listened.
-        assert [pid for pid in deaths.running() if pid != spawner] == [], [
-            (pid, command_line(pid)) for pid in deaths.running()
-        ]
-        late = {pid: deaths.ended[pid] - restart for pid in leftovers}
-        assert all(seconds < listening for seconds in late.values()), (listening, late)
         if spawner_hangs:
             for client in held_clients:
                 assert client.rest() == b"", "a held connection got data, or did not end"
             closed_seconds = time.monotonic() - killed
-            deaths.kill(spawner)
+            deaths.send(spawner, signal.SIGKILL)
             wait_until("the stopped spawner is killed", lambda: spawner in deaths.ended)
-        wait_until(  # zombies: reaped by the host's init
+        # The spawner's parent died: the spawner, and the handlers it had not reaped, are this
+        # test's to reap (a child subreaper), not the host's init's.
+        wait_until(
             "the crashed run's processes are reaped",
-            lambda: not any(os.path.exists(f"/proc/{pid}") for pid in leftovers),
+            lambda: not orphans.reap() and not any(zombie(pid) for pid in deaths.fds),
         )
         after_restart = time.monotonic()
         with contextlib.suppress(AssertionError):
@@ -527,14 +673,12 @@ def test_kill_9_of_the_activator_under_load_then_a_restart_leaves_nothing_of_the
         checked += leases_are_live(restarted, CRASH_POOL)
         attempts = load.stop()
 
-    # No UID leased twice: a handler of the restarted run printed a UID only after every
-    # process of the crashed run with that UID had ended.
-    last_death = dict.fromkeys(ours, 0.0)
-    for pid, uid in leftovers.items():
-        last_death[uid] = max(last_death[uid], deaths.ended[pid])
-    reused = [a for a in attempts if a.started > restart and a.uid in ours]
-    early = [a for a in reused if a.uid is not None and a.started <= last_death[a.uid]]
-    assert not early, f"leased again while a process of the crashed run lived: {early}"
+    # No connection was made while anything of the crashed run ran, so no UID was leased twice:
+    # every connection after the restart found nothing of it left the moment it was made.
+    looked = [a for a in attempts if a.left_at_connect is not None]
+    early = [a for a in looked if a.left_at_connect]
+    assert not early, f"connections made while the crashed run ran: {early}"
+    reused = [a for a in looked if a.uid in ours]
     assert [a for a in attempts if a.outcome == "hung"] == []
 
     # The state directory is intact, and owned by the UID the next connection runs as.
@@ -557,15 +701,14 @@ def test_kill_9_of_the_activator_under_load_then_a_restart_leaves_nothing_of_the
     # After the load, every lease of the pool is released: no lease file is left.
     wait_until("every lease is released", lambda: records_in(CRASH_POOL) == {})
     assert restarted.stop() == 0
-    # Handlers killed by the restart were the stopped spawner's children: the host's init reaps
-    # them once it is gone.
-    wait_until("the crashed run's orphans are reaped", lambda: zombies_in(CRASH_POOL) == [])
+    assert zombies_in(CRASH_POOL) == []
     figures.update(
         connections=len(attempts) + len(held_clients) + len(sent) + 1,
         faults_injected=1,
         held_connections=len(held_clients),
-        crashed_run_processes=len(leftovers),
+        crashed_run_processes=watched,
         crashed_run_uids=len(ours),
+        crashed_run_cgroups=len(cgroups),
         background_children=len(background),
         spawner_hangs=spawner_hangs,
         spawner_exited_seconds=None if spawner_hangs else round(deaths.ended[spawner] - killed, 3),
@@ -574,11 +717,14 @@ def test_kill_9_of_the_activator_under_load_then_a_restart_leaves_nothing_of_the
         leftovers_gone_after_kill_seconds=round(
             max((deaths.ended[pid] for pid in leftovers), default=killed) - killed, 3
         ),
+        left_when_listening=len(left_at_listen),
         restart_listening_seconds=round(listening, 3),
         restart_first_echo_seconds=round(first_echo, 3),
         restart_ready_seconds=round(ready, 3),
+        connections_checked_at_connect=len(looked),
         uids_reused_after_restart=len({a.uid for a in reused}),
-        leased_twice=len(early),
+        leased_twice=len([a for a in reused if a.left_at_connect]),
+        reaped_by_the_test=len(orphans.reaped),
         lease_files_checked_live=checked,
         state_lines_stored=len(stored),
         state_lines_stored_before_crash=stored_before,
@@ -603,7 +749,7 @@ SPAWNER_RESTARTED: Final = re.compile(r"spawner restarted \(pid (\d+)\)")
 
 
 def test_kill_9_of_the_spawner_under_load_restarts_it_and_no_connection_hangs(
-    leaves_nothing: None, server: StartServer, figures: Figures
+    leaves_nothing: None, orphans: Orphans, server: StartServer, figures: Figures
 ) -> None:
     port, metrics_port = free_port(), free_port()
     running = server(
@@ -621,7 +767,7 @@ def test_kill_9_of_the_spawner_under_load_restarts_it_and_no_connection_hangs(
         held_peers = {f"127.0.0.1:{client.port}" for client, _ in held}
         load = EchoLoad(("127.0.0.1", port), 4, "spawn")
         wait_until("the load is served", lambda: load.count("echoed") >= 20)
-        spawner = spawner_of(running)
+        spawner = spawner_of(running.proc.pid)
         deaths = Deaths([spawner, *(pid for _, uid in held for pid in processes_of(uid))])
         stack.callback(deaths.close)
 
@@ -634,13 +780,13 @@ def test_kill_9_of_the_spawner_under_load_restarts_it_and_no_connection_hangs(
         died = logged(running, SPAWNER_DIED)
         back = logged(running, SPAWNER_RESTARTED)
         restarted_seen = time.monotonic()
-        new_spawner = spawner_of(running)
+        new_spawner = spawner_of(running.proc.pid)
         assert (int(died[1]), int(back[1])) == (spawner, new_spawner)
         wait_until(
             "served after the restart", lambda: load.count("echoed", restarted_seen) >= 20, 10
         )
         # The held handlers are gone (their processes ended, all of them).
-        assert deaths.running() == [], [(pid, command_line(pid)) for pid in deaths.running()]
+        assert deaths.alive() == [], [(pid, command_line(pid)) for pid in deaths.alive()]
         attempts = load.stop()
 
     # Every UID is released once the load is over.
@@ -691,12 +837,18 @@ def test_kill_9_of_the_spawner_under_load_restarts_it_and_no_connection_hangs(
     assert value(metrics, "activator_invocations_total", result="failure", **label) == failures
     spawn_failures = value(metrics, "activator_spawn_failures_total", stage="spawner", **label)
     assert spawn_failures == len(refused)
-    lost = tuple(sorted({"how": "lost", "status": "spawner_died", **label}.items()))
-    assert metrics.get(("activator_handler_exits_total", lost), 0.0) == len(killed)
+    exits = counter(
+        metrics, "activator_handler_exits_total", how="lost", status="spawner_died", **label
+    )
+    assert exits == len(killed)
     assert value(metrics, "activator_invocations_total", result="success", **label) == len(served)
     assert running.stop() == 0
-    # The killed handlers were the dead spawner's children: the host's init reaps them.
-    reaped = wait_until("the orphans are reaped", lambda: zombies_in(SPAWNER_POOL) == [])
+    # The killed handlers were the dead spawner's children: orphans, reparented to this test (a
+    # child subreaper), which reaps them (the host's init need not).
+    reaped = wait_until(
+        "the orphans are reaped",
+        lambda: not orphans.reap() and zombies_in(SPAWNER_POOL) == [],
+    )
 
     gap = [a for a in attempts if a.started <= restarted_seen and a.ended >= killed_at]
     served_again = min(a.ended for a in attempts if a.outcome == "echoed" and a.started > killed_at)
@@ -719,6 +871,7 @@ def test_kill_9_of_the_spawner_under_load_restarts_it_and_no_connection_hangs(
         status_lost_but_served=len(unseen & killed),
         served_again_seconds=round(served_again - killed_at, 3),
         orphans_reaped_after_stop_seconds=round(reaped, 3),
+        orphans_reaped_by_the_test=len(orphans.reaped),
         load_outcomes=outcomes(attempts),
         lost=len(cut_peers - refused - killed),
     )
@@ -831,8 +984,12 @@ def test_a_full_file_system_fails_the_state_directory_creation_alone(
     parent = directory_name("f9disk")
     other_state = directory_name("f9other")
     units = {
-        **service_units("f9disk", full_port, ECHO, f"StateDirectory={parent}/state"),
-        **service_units("f9other", other_port, ECHO, f"StateDirectory={other_state}"),
+        **service_units(
+            "f9disk", full_port, ECHO, service_lines=[f"StateDirectory={parent}/state"]
+        ),
+        **service_units(
+            "f9other", other_port, ECHO, service_lines=[f"StateDirectory={other_state}"]
+        ),
     }
     private = f"/var/lib/private/{parent}/state"
     public = f"/var/lib/{parent}/state"
@@ -937,7 +1094,7 @@ def test_a_chown_on_a_full_file_system_needs_no_space_and_serves(
         space = os.statvfs(mount_point)
         assert (space.f_bavail, space.f_favail) == (0, 0), space
         running = server(
-            service_units("f9chown", port, ECHO, f"StateDirectory={parent}/state"),
+            service_units("f9chown", port, ECHO, service_lines=[f"StateDirectory={parent}/state"]),
             pool_settings(DISK_POOL),
         )
         with Client(("127.0.0.1", port), CLIENT_DEADLINE) as client:
@@ -1001,16 +1158,6 @@ sys.stdin.read()
 """
 
 
-def userdb_socket(running: Server) -> str:
-    """The userdb socket the server serves: the main one, or its own beside it when another
-    activator holds the main one."""
-    for event in running.events:
-        found = re.search(r"serving (\S+) instead", str(event.get("message", "")))
-        if found:
-            return found.group(1)
-    return SOCKET_PATH
-
-
 @attrs.frozen
 class Lookup:
     """One ``getent passwd`` as a host tool runs it: its exit status, output and seconds."""
@@ -1021,7 +1168,13 @@ class Lookup:
 
 
 def lookup(uid: int, as_uid: int = 0) -> Lookup:
-    """``getent passwd UID``, run as ``as_uid`` (root by default), timed."""
+    """``getent passwd UID``, run as ``as_uid`` (root by default), timed.
+
+    nss-systemd asks each userdb socket itself, as the process's UID: it never goes through
+    systemd-userdbd's ``io.systemd.Multiplexer`` (it looks up with ``USERDB_EXCLUDE_NSS``, and
+    systemd's userdb.c asks the multiplexer only without it), so the UID our socket sees is
+    ``as_uid`` even where systemd-userdbd runs.
+    """
     if as_uid == 0:
         started = time.monotonic()
         done = getent_passwd(uid)
@@ -1037,6 +1190,33 @@ def lookup(uid: int, as_uid: int = 0) -> Lookup:
             check=False,
         )
     return Lookup(done.returncode, done.stdout, time.monotonic() - started)
+
+
+def first_line(process: subprocess.Popen[str], timeout: float) -> str:
+    """The first line ``process`` prints (it prints it whole, at once); AssertionError when it
+    prints none within ``timeout`` s, or ends first."""
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], timeout)
+    assert ready, f"no line from {process.args!r} within {timeout} s"
+    line = process.stdout.readline()
+    assert line.endswith("\n"), f"{process.args!r} ended without a line: {line!r}"
+    return line
+
+
+def end(process: subprocess.Popen[str], timeout: float) -> None:
+    """Close the stdin of ``process`` and wait for it to end; SIGKILL, by PID, if it does not
+    within ``timeout`` s. Its stdout is closed."""
+    try:
+        if process.stdin is not None:
+            with contextlib.suppress(BrokenPipeError):
+                process.stdin.close()
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    finally:
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 def test_silent_userdb_clients_up_to_the_per_peer_cap_do_not_delay_other_lookups(
@@ -1069,8 +1249,7 @@ def test_silent_userdb_clients_up_to_the_per_peer_cap_do_not_delay_other_lookups
                 extra_groups=[],
             )
             try:
-                assert clients.stdout is not None
-                held = json.loads(clients.stdout.readline())
+                held = json.loads(first_line(clients, CLIENT_DEADLINE))
                 connections += held["held"] + 1
                 # Below the cap the extra connection is served (it waits for a request); at
                 # the cap it is closed at once: the silent ones hold every slot of their UID.
@@ -1079,11 +1258,7 @@ def test_silent_userdb_clients_up_to_the_per_peer_cap_do_not_delay_other_lookups
                 by_other = lookup(users[1], as_uid=OTHER_UID)
                 by_silent_uid = lookup(users[1], as_uid=SILENT_UID)
             finally:
-                if clients.stdin is not None:
-                    clients.stdin.close()
-                clients.wait(CLIENT_DEADLINE)
-                if clients.stdout is not None:
-                    clients.stdout.close()
+                end(clients, CLIENT_DEADLINE)
             for each, uid in ((by_root, users[0]), (by_other, users[1])):
                 failed += each.code != 0
                 assert each.code == 0, each

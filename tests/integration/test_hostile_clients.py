@@ -64,10 +64,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from activator.control import request as control_request
-from activator.userdb import SOCKET_PATH as USERDB_SOCKET
 from activator.userdb import UserdbLimits
-from tests.integration.conftest import CHECKOUT, HostTrace, activator_command, printed_uid
-from tests.integration.prometheus import Samples, parse, scrape, value
+from tests.integration.conftest import (
+    CHECKOUT,
+    activator_command,
+    fd_count,
+    leaves_nothing_of,
+    printed_uid,
+    rss_kib,
+)
+from tests.integration.prometheus import Samples, counter, parse, scrape, value
 from tests.integration.serving import (
     Client,
     StartServer,
@@ -75,13 +81,15 @@ from tests.integration.serving import (
     free_port,
     getent_passwd,
     host_env,
-    lease_files,
+    lease_records,
+    userdb_socket,
 )
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 POOL_FIRST: Final = 65360
 POOL_LAST: Final = 65391
+POOL: Final = range(POOL_FIRST, POOL_LAST + 1)
 POOL_SETTINGS: Final = f"[pool]\nfirst = {POOL_FIRST}\nlast = {POOL_LAST}\n"
 
 #: The bound on "still answers": a control request, a scrape, a lookup or an echo during an
@@ -151,59 +159,17 @@ _TCP_SYN_RECV: Final = "03"
 # --- nothing of ours is left ---------------------------------------------------------------------
 
 
-def _ours(kind: str, item: object) -> bool:
-    """Whether one thing :meth:`HostTrace.new_since` found belongs to this module's tests: a UID
-    of :data:`POOL_FIRST`-:data:`POOL_LAST`, or a cgroup of an ``hx`` unit. Mounts cannot be
-    told apart: every new one counts."""
-    match kind, item:
-        case "processes", (_, tuple() as uids):
-            return any(POOL_FIRST <= uid <= POOL_LAST for uid in uids)
-        case "sysv", (_, _, int() as uid, int() as cuid):
-            return POOL_FIRST <= uid <= POOL_LAST or POOL_FIRST <= cuid <= POOL_LAST
-        case (("mqueues" | "shm"), (_, int() as uid)):
-            return POOL_FIRST <= uid <= POOL_LAST
-        case "locks", str() as name:
-            return name.isdigit() and POOL_FIRST <= int(name) <= POOL_LAST
-        case "cgroups", str() as path:
-            return "/activator/hx" in path
-    return True
-
-
 @pytest.fixture
 def leaves_nothing_of_ours() -> Iterator[None]:
-    """:func:`tests.integration.conftest.leaves_nothing` for this module's pool and units only.
-
-    The whole-host check also sees what tests of other files running at the same time hold for
-    a moment (their leases, their cgroups); these tests own a pool range and a unit prefix, so
-    they can look at their own things only. Request it first, so it checks after the clean-up.
-    """
-    before = HostTrace.take()
-    yield
-    found = HostTrace.take().new_since(before)
-    left = {
-        kind: mine
-        for kind, items in found.items()
-        if (mine := [i for i in items if _ours(kind, i)])
-    }
-    assert not left, f"left behind on the host: {left}"
+    """:func:`tests.integration.conftest.leaves_nothing` for this module's pool and ``hx`` units
+    only (:func:`tests.integration.conftest.leaves_nothing_of`): tests of other files running at
+    the same time may hold their own leases and cgroups for a moment. Request it first, so it
+    checks after the clean-up."""
+    with leaves_nothing_of(POOL, "hx"):
+        yield
 
 
 # --- activator's descriptors and memory -----------------------------------------------------------
-
-
-def fd_count(pid: int) -> int:
-    """How many descriptors process ``pid`` holds now."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def rss_kib(pid: int) -> int:
-    """The resident memory of process ``pid`` now, in KiB (VmRSS)."""
-    with open(f"/proc/{pid}/status", encoding="ascii") as file:
-        for line in file:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    msg = f"no VmRSS for PID {pid}"
-    raise AssertionError(msg)
 
 
 class Sampler:
@@ -234,6 +200,19 @@ class Sampler:
     def __exit__(self, *exc_info: object) -> None:
         self._stop.set()
         self._thread.join(10)
+
+    def figures(
+        self, fds_idle: int, fds_after: int, rss_idle: int, rss_after: int
+    ) -> dict[str, int]:
+        """Descriptors and memory at rest before, at the peak, and after, as figures."""
+        return {
+            "fds_idle": fds_idle,
+            "fds_peak": self.fds_peak,
+            "fds_after": fds_after,
+            "rss_idle_kib": rss_idle,
+            "rss_peak_kib": self.rss_peak_kib,
+            "rss_after_kib": rss_after,
+        }
 
 
 def idle_fds(pid: int) -> int:
@@ -330,15 +309,9 @@ def metrics(port: int) -> Samples:
     return parse(got.body)
 
 
-def counter(samples: Samples, name: str, **labels: str) -> float:
-    """A counter's value, 0 when it has no sample yet (nothing was counted)."""
-    key = (name, tuple(sorted(labels.items())))
-    return samples.get(key, 0.0)
-
-
 def our_leases() -> list[int]:
     """The lease files of this module's pool that exist now."""
-    return [int(name) for name in lease_files() if POOL_FIRST <= int(name) <= POOL_LAST]
+    return sorted(lease_records(POOL))
 
 
 # --- network namespaces ---------------------------------------------------------------------------
@@ -488,12 +461,7 @@ def test_during_a_syn_flood_real_clients_metrics_and_status_are_served_and_nothi
         counters="namespace" if syn_acks == "lost" else "host (shared)",
         **deltas,
         **latencies.figures(""),
-        fds_idle=fds_idle,
-        fds_peak=sampler.fds_peak,
-        fds_after=fds_after,
-        rss_idle_kib=rss_idle,
-        rss_peak_kib=sampler.rss_peak_kib,
-        rss_after_kib=rss_after,
+        **sampler.figures(fds_idle, fds_after, rss_idle, rss_after),
     )
 
     assert sent["sent"] >= SYNS // 2, "the machine was too busy to flood"
@@ -623,8 +591,9 @@ def test_a_connect_flood_past_max_connections_is_refused_and_counted_and_the_doo
     pid = srv.proc.pid
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     needed = CONNECTIONS + 1000
-    if soft < needed:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
+    if soft < needed:  # as root, the hard limit is raised too when it is lower (restored after)
+        raised = hard if hard == resource.RLIM_INFINITY else max(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, raised))
     try:
         echo(port)
         root_status(srv.control)
@@ -670,13 +639,9 @@ def test_a_connect_flood_past_max_connections_is_refused_and_counted_and_the_doo
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
-    rejected = counter(
-        mid, "activator_connections_rejected_total", unit="hxflood.socket", reason="max_connections"
-    ) - counter(
-        before,
-        "activator_connections_rejected_total",
-        unit="hxflood.socket",
-        reason="max_connections",
+    refusals = {"unit": "hxflood.socket", "reason": "max_connections"}
+    rejected = counter(mid, "activator_connections_rejected_total", **refusals) - counter(
+        before, "activator_connections_rejected_total", **refusals
     )
     accepted = value(mid, "activator_connections_accepted_total", unit="hxflood.socket") - value(
         before, "activator_connections_accepted_total", unit="hxflood.socket"
@@ -694,12 +659,7 @@ def test_a_connect_flood_past_max_connections_is_refused_and_counted_and_the_doo
         connect_seconds=round(flood.connect_seconds, 3),
         refused_all_seconds=round(flood.refuse_seconds, 3),
         **latencies.figures(""),
-        fds_idle=fds_idle,
-        fds_peak=sampler.fds_peak,
-        fds_after=fds_after,
-        rss_idle_kib=rss_idle,
-        rss_peak_kib=sampler.rss_peak_kib,
-        rss_after_kib=rss_after,
+        **sampler.figures(fds_idle, fds_after, rss_idle, rss_after),
     )
 
     assert not failed, f"connects failed: {sorted(set(failed))}"
@@ -730,48 +690,6 @@ def public_directory() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def userdb_socket(pid: int) -> str:
-    """The userdb socket process ``pid`` serves: the main one, or its own beside it when another
-    activator served the main one first (activator.startup.start_userdb)."""
-    own = f"{USERDB_SOCKET}.run-{pid}"
-    path = own if os.path.exists(own) else USERDB_SOCKET
-    inode = os.stat(path).st_ino
-    held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
-    with open("/proc/net/unix", encoding="ascii") as file:
-        listening = {
-            fields[6] for line in file if len(fields := line.split()) >= 8 and fields[7] == path
-        }
-    assert any(f"socket:[{node}]" in held for node in listening), f"{pid} does not serve {path}"
-    assert inode  # the file exists
-    return path
-
-
-def unix_connect(path: str) -> socket.socket:
-    """A connection to the Unix stream socket ``path``, every call on it bounded by
-    :data:`ANSWER_WITHIN`."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(ANSWER_WITHIN)
-    try:
-        sock.connect(path)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def tcp_connect(port: int, source: str = "127.0.0.1") -> socket.socket:
-    """A TCP connection from ``source`` to 127.0.0.1:``port``, calls bounded as above."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.settimeout(ANSWER_WITHIN)
-    try:
-        sock.bind((source, 0))
-        sock.connect(("127.0.0.1", port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
 def receive_to(sock: socket.socket, separator: bytes, buffer: bytearray) -> bytes:
     """The next message up to ``separator`` (not included) from ``sock``, after what ``buffer``
     holds; b"" at the end of the stream (or a reset) with no message."""
@@ -790,25 +708,6 @@ def receive_to(sock: socket.socket, separator: bytes, buffer: bytearray) -> byte
     message = bytes(buffer[:end])
     del buffer[: end + len(separator)]
     return message
-
-
-def rest(sock: socket.socket) -> bytes:
-    """Everything ``sock`` receives until the end of the stream or a reset."""
-    out = bytearray()
-    deadline = time.monotonic() + ANSWER_WITHIN
-    while (left := deadline - time.monotonic()) > 0:
-        sock.settimeout(left)
-        try:
-            data = sock.recv(65536)
-        except ConnectionResetError:
-            break
-        if not data:
-            break
-        out += data
-    else:
-        msg = f"the server did not close in {ANSWER_WITHIN} s"
-        raise AssertionError(msg)
-    return bytes(out)
 
 
 def send_all_it_takes(sock: socket.socket, data: bytes) -> int:
@@ -894,6 +793,14 @@ FRAGMENTS: Final = (
 random_input = st.lists(
     st.one_of(st.binary(max_size=64), st.sampled_from(FRAGMENTS)), max_size=40
 ).map(b"".join)
+#: How hypothesis tries random inputs on a live server: a fixed number, no deadline per input
+#: (the server is under attack meanwhile), nothing remembered between runs.
+RANDOM_SETTINGS: Final = settings(
+    max_examples=RANDOM_EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 class SideDoorAttack:
@@ -958,21 +865,21 @@ class SideDoorAttack:
 
     def control_malformed(self) -> None:
         """Malformed lines on one connection: an error each; then a request is answered."""
-        with unix_connect(self.control) as sock:
+        with Client(self.control, ANSWER_WITHIN) as client:
             buffer = bytearray()
             for line in CONTROL_MALFORMED:
-                sock.sendall(line + b"\n")
-                reply = control_reply(receive_to(sock, b"\n", buffer))
+                client.send(line + b"\n")
+                reply = control_reply(receive_to(client.sock, b"\n", buffer))
                 assert reply["ok"] is False, reply
                 self.count("control_malformed")
-            sock.sendall(b'{"command": "status"}\n')
-            assert control_reply(receive_to(sock, b"\n", buffer))["ok"] is True
+            client.send(b'{"command": "status"}\n')
+            assert control_reply(receive_to(client.sock, b"\n", buffer))["ok"] is True
 
     def control_huge(self) -> None:
         """HUGE_MIB MiB without a newline: the server says why and closes."""
-        with unix_connect(self.control) as sock:
-            sent = send_all_it_takes(sock, b"A" * (HUGE_MIB << 20))
-            answer = rest(sock)
+        with Client(self.control, ANSWER_WITHIN) as client:
+            sent = send_all_it_takes(client.sock, b"A" * (HUGE_MIB << 20))
+            answer = client.rest()
         assert sent < HUGE_MIB << 20, "the server took a huge line whole"
         assert b"request longer than" in answer, answer[:200]
         self.count("control_huge")
@@ -980,22 +887,22 @@ class SideDoorAttack:
     def control_half(self) -> None:
         """Half requests: closed at once (nothing to answer), or ended (an error reply)."""
         for _ in range(10):
-            with unix_connect(self.control) as sock:
-                sock.sendall(b'{"command": "sta')
+            with Client(self.control, ANSWER_WITHIN) as client:
+                client.send(b'{"command": "sta')
             self.count("control_half_closed")
-            with unix_connect(self.control) as sock:
-                sock.sendall(b'{"command": "sta')
-                sock.shutdown(socket.SHUT_WR)
-                assert control_reply(rest(sock).rstrip(b"\n"))["ok"] is False
+            with Client(self.control, ANSWER_WITHIN) as client:
+                client.send(b'{"command": "sta')
+                client.finish_sending()
+                assert control_reply(client.rest().rstrip(b"\n"))["ok"] is False
             self.count("control_half_ended")
 
     def control_slowloris(self) -> None:
         """A request a byte at a time for TRICKLE_SECONDS, then the rest: it is answered."""
         request = b'{"command": "status"}\n'
-        with unix_connect(self.control) as sock:
-            sent = trickle(sock, request)
-            sock.sendall(request[sent:])
-            assert control_reply(receive_to(sock, b"\n", bytearray()))["ok"] is True
+        with Client(self.control, ANSWER_WITHIN) as client:
+            sent = trickle(client.sock, request)
+            client.send(request[sent:])
+            assert control_reply(receive_to(client.sock, b"\n", bytearray()))["ok"] is True
         self.count("control_slowloris")
 
     def nobody_on_control(self) -> None:
@@ -1024,21 +931,21 @@ class SideDoorAttack:
 
     def userdb_malformed(self) -> None:
         """Malformed messages on one connection: an error each; then a lookup is answered."""
-        with unix_connect(self.userdb) as sock:
+        with Client(self.userdb, ANSWER_WITHIN) as client:
             buffer = bytearray()
             for message in USERDB_MALFORMED:
-                sock.sendall(message + b"\0")
-                assert "error" in varlink_reply(receive_to(sock, b"\0", buffer))
+                client.send(message + b"\0")
+                assert "error" in varlink_reply(receive_to(client.sock, b"\0", buffer))
                 self.count("userdb_malformed")
-            sock.sendall(get_user(self.service, self.live_uid))
-            reply = varlink_reply(receive_to(sock, b"\0", buffer))
+            client.send(get_user(self.service, self.live_uid))
+            reply = varlink_reply(receive_to(client.sock, b"\0", buffer))
             assert reply["parameters"]["record"]["uid"] == self.live_uid, reply
 
     def userdb_huge(self) -> None:
         """HUGE_MIB MiB without a NUL: the client is dropped, unanswered."""
-        with unix_connect(self.userdb) as sock:
-            sent = send_all_it_takes(sock, b"A" * (HUGE_MIB << 20))
-            answer = rest(sock)
+        with Client(self.userdb, ANSWER_WITHIN) as client:
+            sent = send_all_it_takes(client.sock, b"A" * (HUGE_MIB << 20))
+            answer = client.rest()
         assert sent < HUGE_MIB << 20, "the server took a huge message whole"
         assert answer == b"", answer[:200]
         self.count("userdb_huge")
@@ -1046,21 +953,21 @@ class SideDoorAttack:
     def userdb_half(self) -> None:
         """Half messages, then a close or an end of stream: no answer, the server goes on."""
         for _ in range(10):
-            with unix_connect(self.userdb) as sock:
-                sock.sendall(get_user(self.service, self.live_uid)[:25])
-            with unix_connect(self.userdb) as sock:
-                sock.sendall(get_user(self.service, self.live_uid)[:25])
-                sock.shutdown(socket.SHUT_WR)
-                assert rest(sock) == b""
+            with Client(self.userdb, ANSWER_WITHIN) as client:
+                client.send(get_user(self.service, self.live_uid)[:25])
+            with Client(self.userdb, ANSWER_WITHIN) as client:
+                client.send(get_user(self.service, self.live_uid)[:25])
+                client.finish_sending()
+                assert client.rest() == b""
             self.count("userdb_half", 2)
 
     def userdb_slowloris(self) -> None:
         """A lookup a byte at a time for TRICKLE_SECONDS, then the rest: it is answered."""
         call = get_user(self.service, self.live_uid)
-        with unix_connect(self.userdb) as sock:
-            sent = trickle(sock, call)
-            sock.sendall(call[sent:])
-            reply = varlink_reply(receive_to(sock, b"\0", bytearray()))
+        with Client(self.userdb, ANSWER_WITHIN) as client:
+            sent = trickle(client.sock, call)
+            client.send(call[sent:])
+            reply = varlink_reply(receive_to(client.sock, b"\0", bytearray()))
             assert reply["parameters"]["record"]["uid"] == self.live_uid, reply
         self.count("userdb_slowloris")
 
@@ -1075,13 +982,13 @@ class SideDoorAttack:
         sent = answered = 0
         buffer = bytearray()
         deadline = time.monotonic() + TRICKLE_SECONDS
-        with unix_connect(self.userdb) as sock:
+        with Client(self.userdb, ANSWER_WITHIN) as client:
             while time.monotonic() < deadline:
                 if sent - answered < PIPELINE_AHEAD:
-                    sock.sendall(b"\0" * 1024)
+                    client.send(b"\0" * 1024)
                     sent += 1024
                 while buffer.count(0) < 1 or sent - answered >= PIPELINE_AHEAD:
-                    data = sock.recv(1 << 16)
+                    data = client.sock.recv(1 << 16)
                     assert data, "the server closed a pipelining client"
                     buffer += data
                     if buffer.count(0):
@@ -1090,8 +997,8 @@ class SideDoorAttack:
                     assert "error" in varlink_reply(bytes(buffer[:end]))
                     del buffer[: end + 1]
                     answered += 1
-            sock.shutdown(socket.SHUT_WR)
-            tail = bytes(buffer) + rest(sock)
+            client.finish_sending()
+            tail = bytes(buffer) + client.rest()
         replies = tail.split(b"\0")
         assert replies[-1] == b""
         answered += len(replies) - 1
@@ -1104,11 +1011,11 @@ class SideDoorAttack:
         """A request head a byte at a time: the server closes it (its head timeout) before the
         head is done; from 127.0.0.3, so no scrape of 127.0.0.1 evicts it first."""
         head = b"GET /metrics HTTP/1.1\r\nHost: x\r\nUser-Agent: slow\r\n\r\n"
-        with tcp_connect(self.metrics_port, "127.0.0.3") as sock:
+        with Client(("127.0.0.1", self.metrics_port), ANSWER_WITHIN, source="127.0.0.3") as client:
             started = time.monotonic()
-            sent = trickle(sock, head, until_closed=True)
+            sent = trickle(client.sock, head, until_closed=True)
             assert sent < len(head), "the server waited for a slow head to the end"
-            assert rest(sock) == b""
+            assert client.rest() == b""
             with self._lock:
                 self.seen["metrics_slowloris_closed_after_ms_max"] = max(
                     self.seen.get("metrics_slowloris_closed_after_ms_max", 0),
@@ -1119,9 +1026,9 @@ class SideDoorAttack:
     def metrics_huge_head(self) -> None:
         """A request head of a MiB: 431, and the connection is closed."""
         head = b"GET /metrics HTTP/1.1\r\nX-Junk: " + b"j" * (1 << 20) + b"\r\n\r\n"
-        with tcp_connect(self.metrics_port) as sock:
-            send_all_it_takes(sock, head)
-            answer = rest(sock)
+        with Client(("127.0.0.1", self.metrics_port), ANSWER_WITHIN) as client:
+            send_all_it_takes(client.sock, head)
+            answer = client.rest()
         assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
         self.count("metrics_huge_head")
 
@@ -1200,7 +1107,7 @@ def test_bad_input_on_every_side_door_at_once_is_refused_in_bounded_memory_and_u
         control=public_directory / "control",
     )
     pid = srv.proc.pid
-    userdb = userdb_socket(pid)
+    userdb = userdb_socket(srv)
     # Warm up every door once, so that the idle figures are those of a server in use.
     echo(port)
     root_status(srv.control)
@@ -1238,18 +1145,13 @@ def test_bad_input_on_every_side_door_at_once_is_refused_in_bounded_memory_and_u
             except BaseException as error:
                 user_errors.append(error)
 
-        @settings(
-            max_examples=RANDOM_EXAMPLES,
-            deadline=None,
-            database=None,
-            suppress_health_check=[HealthCheck.too_slow],
-        )
+        @RANDOM_SETTINGS
         @given(data=random_input)
         def random_control(data: bytes) -> None:
-            with unix_connect(srv.control.as_posix()) as sock:
-                sock.sendall(data)
-                sock.shutdown(socket.SHUT_WR)
-                answer = rest(sock)
+            with Client(srv.control.as_posix(), ANSWER_WITHIN) as client:
+                client.send(data)
+                client.finish_sending()
+                answer = client.rest()
             tail = data.rpartition(b"\n")[2]
             expected = data.count(b"\n") + (1 if tail.strip() else 0)
             replies = answer.split(b"\n")
@@ -1259,18 +1161,13 @@ def test_bad_input_on_every_side_door_at_once_is_refused_in_bounded_memory_and_u
                 control_reply(line)
             inputs["control"] += 1
 
-        @settings(
-            max_examples=RANDOM_EXAMPLES,
-            deadline=None,
-            database=None,
-            suppress_health_check=[HealthCheck.too_slow],
-        )
+        @RANDOM_SETTINGS
         @given(data=random_input)
         def random_userdb(data: bytes) -> None:
-            with unix_connect(userdb) as sock:
-                sock.sendall(data)
-                sock.shutdown(socket.SHUT_WR)
-                answer = rest(sock)
+            with Client(userdb, ANSWER_WITHIN) as client:
+                client.send(data)
+                client.finish_sending()
+                answer = client.rest()
             assert answer.endswith(b"\0") or not answer, answer[-200:]
             final = [
                 reply
@@ -1313,12 +1210,7 @@ def test_bad_input_on_every_side_door_at_once_is_refused_in_bounded_memory_and_u
         random_inputs_control=inputs["control"],
         random_inputs_userdb=inputs["userdb"],
         **latencies.figures("during_"),
-        fds_idle=fds_idle,
-        fds_peak=sampler.fds_peak,
-        fds_after=fds_after,
-        rss_idle_kib=rss_idle,
-        rss_peak_kib=sampler.rss_peak_kib,
-        rss_after_kib=rss_after,
+        **sampler.figures(fds_idle, fds_after, rss_idle, rss_after),
         rss_growth_bound_kib=RSS_GROWTH_BOUND_KIB,
     )
 
@@ -1378,7 +1270,7 @@ def test_idle_userdb_clients_of_many_uids_past_the_total_cap_cannot_lock_lookups
     port = free_port()
     srv = server(echo_units("hxidle", port), POOL_SETTINGS)
     pid = srv.proc.pid
-    userdb = userdb_socket(pid)
+    userdb = userdb_socket(srv)
     echo(port)
     srv.wait_for(lambda e: e.get("event") == "invocation", ANSWER_WITHIN)
     fds_idle = idle_fds(pid)

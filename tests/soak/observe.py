@@ -5,9 +5,10 @@ log costs the test no memory per connection (a 100,000-connection run logs 100,0
 invocations by behaviour and result, every other event by level and kind (with a few samples),
 and what handlers wrote to their journal stream, checked against what each behaviour may say.
 
-The host: descriptors and memory of a process (``/proc/PID/fd``, ``VmRSS``, ``VmHWM``); files of
-pool UIDs outside the boundary directories (``find -xdev`` over every file system a handler
-could write to); the lease files, cgroups and processes of the soak's own units.
+The host: descriptors and memory of a process (``/proc/PID/fd``, ``VmRSS``, ``VmHWM``) and the
+serve process's spawner (re-exported from the integration tests' helpers); files of pool UIDs
+outside the boundary directories (``find -xdev`` over every file system a handler could write
+to); the lease files, cgroups and processes of the soak's own units.
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ from typing import Final, TypeVar
 
 from tests.integration.conftest import (
     BOUNDARY_DIRECTORIES,
-    LEASE_DIRECTORY,
     POOL_FIRST,
     POOL_LAST,
 )
+from tests.integration.conftest import fd_count as fd_count
+from tests.integration.conftest import memory_kib as memory_kib
 from tests.integration.serving import Event, Server
+from tests.integration.serving import lease_records as leases_now
+from tests.integration.serving import spawner_of as spawner_of
 from tests.soak.handlers import BY_NAME, behaviour_of, result
 
 #: Samples kept of each kind of event that is not an invocation.
@@ -125,33 +129,6 @@ class LogTally:
         }
 
 
-# --- one process --------------------------------------------------------------------------------
-
-
-def fd_count(pid: int) -> int:
-    """How many descriptors process ``pid`` has open."""
-    return len(os.listdir(f"/proc/{pid}/fd"))
-
-
-def memory_kib(pid: int) -> dict[str, int]:
-    """``VmRSS`` (resident now) and ``VmHWM`` (the peak) of process ``pid``, in KiB."""
-    out: dict[str, int] = {}
-    with open(f"/proc/{pid}/status", encoding="ascii") as file:
-        for line in file:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                out[key] = int(rest.split()[0])
-    return out
-
-
-def spawner_of(pid: int) -> int:
-    """The spawner: the one child of the serve process ``pid``."""
-    with open(f"/proc/{pid}/task/{pid}/children", encoding="ascii") as file:
-        children = [int(child) for child in file.read().split()]
-    assert len(children) == 1, f"the server {pid} has children {children}, not one spawner"
-    return children[0]
-
-
 # --- the host -----------------------------------------------------------------------------------
 
 #: Where a handler could write, were its sandbox broken (the ``find`` roots are the file systems
@@ -208,20 +185,9 @@ def files_outside_boundaries(roots: Iterable[str]) -> list[str]:
 
 
 def lease_records() -> dict[str, str]:
-    """The lease files of /run/activator/uid: name -> the unit its record names."""
-    out: dict[str, str] = {}
-    try:
-        names = os.listdir(LEASE_DIRECTORY)
-    except FileNotFoundError:
-        return out
-    for name in names:
-        try:
-            with open(os.path.join(LEASE_DIRECTORY, name), encoding="utf-8") as file:
-                record = json.loads(file.read() or "{}")
-        except (OSError, ValueError):
-            record = {}
-        out[name] = str(record.get("unit", "?"))
-    return out
+    """The lease files of /run/activator/uid: name -> the unit its record names (``?`` when it
+    cannot be read)."""
+    return {str(uid): str(record.get("unit", "?")) for uid, record in leases_now().items()}
 
 
 def cgroup_of(pid: int) -> str:
