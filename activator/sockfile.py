@@ -93,11 +93,17 @@ def peer_groups(sock: trio.socket.SocketType) -> frozenset[int] | None:
     return frozenset(gid & _ID_MAX for gid in struct.unpack(f"{len(raw) // 4}I", raw))
 
 
-async def _clear_stale(path: str, what: str) -> None:
+async def _clear_stale(path: str, what: str) -> bool:
+    """Remove ``path`` when it is a socket nobody answers on; whether it was removed.
+
+    Raises:
+        SocketFileInUse: a server answers on it.
+        SocketFileError: it is not a socket.
+    """
     try:
         info = os.lstat(path)
     except FileNotFoundError:
-        return
+        return False
     if not stat.S_ISSOCK(info.st_mode):
         msg = f"{what} {path}: {os.strerror(errno.EEXIST)}, and it is not a socket"
         raise SocketFileError(msg)
@@ -107,15 +113,36 @@ async def _clear_stale(path: str, what: str) -> None:
         except ConnectionRefusedError:
             pass  # nobody listens: stale
         except FileNotFoundError:
-            return
+            return False
         except BlockingIOError:  # a full backlog: somebody listens
             msg = f"{what} {path}: {os.strerror(errno.EADDRINUSE)}"
             raise SocketFileInUse(msg) from None
         else:
             msg = f"{what} {path}: {os.strerror(errno.EADDRINUSE)} (a server answers on it)"
             raise SocketFileInUse(msg)
-    logger.info("%s %s: replacing a stale socket", what, path)
+    logger.info("%s %s: removing a stale socket", what, path)
     os.unlink(path)
+    return True
+
+
+async def clear_stale_siblings(directory: str, prefix: str, what: str) -> list[str]:
+    """Remove the stale socket files of ``directory`` whose names start with ``prefix``: those
+    nobody answers on (Rule 1), left by servers killed before they could remove them (a crashed
+    ``activator run``'s ``io.activator.DynamicUser.run-PID``, whose name no later run reuses).
+    Anything else is left alone, silently. The paths removed."""
+    try:
+        names = sorted(n for n in os.listdir(directory) if n.startswith(prefix))
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        path = posixpath.join(directory, name)
+        try:
+            if await _clear_stale(path, what):
+                removed.append(path)
+        except (SocketFileError, OSError):
+            continue
+    return removed
 
 
 async def bind_socket_file(

@@ -26,6 +26,7 @@ from activator.invocation import Runtime
 from activator.leases import LeaseService
 from activator.manager import Manager
 from activator.settings import Settings
+from activator.sockfile import clear_stale_siblings
 from activator.spawner import Spawner, SpawnerDied, SpawnFailed
 from activator.userdb import SOCKET_PATH, UserdbSocketError, serve_userdb
 
@@ -59,7 +60,12 @@ async def open_runtime(
 
 async def start_userdb(nursery: trio.Nursery, leases: LeaseService) -> str:
     """Serve our users through NSS on the main socket, or, when another activator answers there
-    (``activator serve`` owns it while it runs), on a socket of our own beside it; the path."""
+    (``activator serve`` owns it while it runs), on a socket of our own beside it; the path.
+
+    The sockets of our own that crashed runs left beside it (``….run-PID``, nobody answering)
+    are removed first: nss-systemd would try each of them at every lookup."""
+    directory, name = os.path.split(SOCKET_PATH)
+    await clear_stale_siblings(directory, f"{name}.run-", "userdb socket")
     try:
         await nursery.start(serve_userdb, leases, SOCKET_PATH)
     except UserdbSocketError as error:

@@ -38,7 +38,7 @@ import trio.testing
 from hypothesis import given
 from hypothesis import strategies as st
 
-from activator.sockfile import PeerCredentials
+from activator.sockfile import PeerCredentials, clear_stale_siblings
 from activator.userdb import (
     SERVICE,
     SOCKET_PATH,
@@ -875,6 +875,23 @@ async def test_a_stale_socket_is_replaced(tmp_path: Path) -> None:
             assert await roundtrip(stream, lookup("udbtest-alice")) is not None
         nursery.cancel_scope.cancel()
     assert not lexists(path)
+
+
+async def test_stale_sockets_of_crashed_runs_are_removed_and_live_ones_and_files_kept(
+    tmp_path: Path,
+) -> None:
+    prefix = f"{SERVICE}.run-"
+    for pid in (101, 102):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as crashed:
+            crashed.bind(str(tmp_path / f"{prefix}{pid}"))  # as a kill -9 leaves it
+    (tmp_path / f"{prefix}103").write_text("not a socket")
+    (tmp_path / "other.run-104").write_text("")  # another name: never looked at
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live:
+        live.bind(str(tmp_path / f"{prefix}105"))
+        live.listen(1)
+        removed = await clear_stale_siblings(str(tmp_path), prefix, "userdb socket")
+        assert removed == [str(tmp_path / f"{prefix}{pid}") for pid in (101, 102)]
+        assert sorted(os.listdir(tmp_path)) == [f"{prefix}103", f"{prefix}105", "other.run-104"]
 
 
 async def test_a_file_that_is_not_a_socket_is_left_alone(tmp_path: Path) -> None:
