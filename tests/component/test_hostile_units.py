@@ -30,9 +30,9 @@ Two parts:
 How to run (figures are printed as ``figures:`` lines with ``-s``, and appended to the file
 ``ACTIVATOR_FIGURES`` names)::
 
-    .venv/bin/pytest -p no:cacheprovider --basetemp=/tmp/fuzz-bt tests/component/test_hostile_units.py
+    .venv/bin/pytest tests/component/test_hostile_units.py
     CI=true ...                  # the ci profile: 300 examples per property, fixed order
-    HYPOTHESIS_PROFILE=soak .venv/bin/pytest -p no:cacheprovider --basetemp=/tmp/fuzz-bt \\
+    HYPOTHESIS_PROFILE=soak .venv/bin/pytest \\
         -s tests/component/test_hostile_units.py         # a long hunt: 3000 examples per property
 """
 
