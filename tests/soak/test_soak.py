@@ -163,28 +163,33 @@ def settled_process_figures(serve: int, spawner: int, idle: dict[str, int]) -> d
     while True:
         now = process_figures(serve, spawner)
         fds = ("serve_fds", "spawner_fds")
-        if [now[k] for k in fds] == [idle[k] for k in fds] or time.monotonic() >= deadline:
+        if all(now[k] <= idle[k] for k in fds) or time.monotonic() >= deadline:
             return now
         time.sleep(0.5)
 
 
-def host_leftovers(prefix: str, before: HostTrace, roots: list[str]) -> dict[str, list[Any]]:
-    """What the host holds of the pool, of activator and of the soak's units, by kind (every
-    kind must be empty): processes, SysV IPC objects, POSIX message queues and /dev/shm files
-    of a pool UID, lease files, activator's cgroups, mounts made since ``before``, and files of a
-    pool UID or GID outside the boundary directories. The host-global kinds are looked at again
-    for a while until empty (another test's moment); the soak's own lease files and cgroups
-    (those naming its units) at once."""
+def host_leftovers(
+    prefix: str, before: HostTrace, files_before: set[str], roots: list[str]
+) -> dict[str, list[Any]]:
+    """What the host holds of the pool, of activator and of the soak's units that it did not
+    hold ``before`` the soak, by kind (every kind must be empty): processes, SysV IPC objects,
+    POSIX message queues and /dev/shm files of a pool UID, lease files, activator's cgroups,
+    mounts, and files of a pool UID or GID outside the boundary directories (``files_before``
+    were there already). The host-global kinds are looked at again for a while until empty
+    (another test's moment); the soak's own lease files and cgroups (those naming its units) at
+    once."""
 
     def host_kinds() -> dict[str, list[Any]]:
         trace = HostTrace.take()
         found: dict[str, list[Any]] = {
-            "processes": [describe(pid) for pid, _ in sorted(trace.processes)],
-            "sysv_ipc": sorted(trace.sysv),
-            "posix_mqueues": sorted(trace.mqueues),
-            "dev_shm_files": sorted(trace.shm),
-            "lease_files": sorted(lease_records().items()),
-            "cgroups": sorted(trace.cgroups),
+            "processes": [describe(pid) for pid, _ in sorted(trace.processes - before.processes)],
+            "sysv_ipc": sorted(trace.sysv - before.sysv),
+            "posix_mqueues": sorted(trace.mqueues - before.mqueues),
+            "dev_shm_files": sorted(trace.shm - before.shm),
+            "lease_files": sorted(
+                (n, unit) for n, unit in lease_records().items() if n not in before.locks
+            ),
+            "cgroups": sorted(trace.cgroups - before.cgroups),
             "mounts": sorted(trace.mounts - before.mounts),
         }
         return {kind: items for kind, items in found.items() if items}
@@ -193,7 +198,7 @@ def host_leftovers(prefix: str, before: HostTrace, roots: list[str]) -> dict[str
     left["own_lease_files"] = [n for n, unit in lease_records().items() if unit.startswith(prefix)]
     left["own_cgroups"] = [c for c in HostTrace.take().cgroups if f"/{prefix}-" in c]
     left["files_outside_boundaries"] = until_empty(
-        lambda: files_outside_boundaries(roots), HOST_SETTLE_SECONDS
+        lambda: sorted(set(files_outside_boundaries(roots)) - files_before), HOST_SETTLE_SECONDS
     )
     return left
 
@@ -293,6 +298,7 @@ def test_a_soak_of_random_handlers_and_clients_leaves_nothing_behind(
     roots = find_roots()
     assert_find_sees(tmp_path)
     before = HostTrace.take()
+    files_before = set(files_outside_boundaries(roots))  # a host's own, if any: not the soak's
     running = server(units(prefix, ports, states), metrics=f"127.0.0.1:{metrics_port}")
     serve_pid = running.proc.pid
     spawner_pid = spawner_of(serve_pid)
@@ -340,7 +346,7 @@ def test_a_soak_of_random_handlers_and_clients_leaves_nothing_behind(
     time.sleep(QUIET_SECONDS)
     leases_idle = metrics_leases(metrics_port)
     after = settled_process_figures(serve_pid, spawner_pid, idle)
-    left_running = host_leftovers(prefix, before, roots)
+    left_running = host_leftovers(prefix, before, files_before, roots)
     find_seconds = timed_find(roots)
     state_files = {name: sorted(os.listdir(f"/var/lib/private/{d}")) for name, d in states.items()}
     figures.update(
@@ -364,7 +370,7 @@ def test_a_soak_of_random_handlers_and_clients_leaves_nothing_behind(
     # Stopped: the same again (a clean exit leaves nothing either).
     assert running.stop() == 0
     log.drain(running)
-    left_stopped = host_leftovers(prefix, before, roots)
+    left_stopped = host_leftovers(prefix, before, files_before, roots)
     figures.update(
         left_after_stop={kind: len(items) for kind, items in left_stopped.items()},
         log_events={f"{level} {kind}": n for (level, kind), n in sorted(log.others.items())},
@@ -395,6 +401,8 @@ def test_a_soak_of_random_handlers_and_clients_leaves_nothing_behind(
     assert "keep" in state_files["files"], state_files
     assert state_files["crash"] == [], state_files
     # The server's and the spawner's descriptors, and their memory.
-    assert (after["serve_fds"], after["spawner_fds"]) == (idle["serve_fds"], idle["spawner_fds"])
+    # (Fewer than idle is no leak: a descriptor opened lazily before the idle figure may close.)
+    assert after["serve_fds"] <= idle["serve_fds"], (after, idle)
+    assert after["spawner_fds"] <= idle["spawner_fds"], (after, idle)
     assert after["serve_rss_kib"] - idle["serve_rss_kib"] <= RSS_GROWTH_KIB
     assert after["spawner_rss_kib"] - idle["spawner_rss_kib"] <= RSS_GROWTH_KIB
