@@ -356,7 +356,7 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             "directories": list(selection.directories),
             "units": [_describe_json(x, catalog) for x in shown],
             "masked": sorted(catalog.masked) if selection.show_all else [],
-            "problems": [_problem_json(p) for p in problems],
+            "problems": [problem_json(p) for p in problems],
         }
         json.dump(doc, out, indent=2)
         out.write("\n")
@@ -383,7 +383,8 @@ def _unit_sort_key(name: str) -> tuple[str, int, str]:
     return (n.prefix, 0 if n.suffix == "socket" else 1, name)
 
 
-def _problem_json(p: Problem) -> dict[str, Any]:
+def problem_json(p: Problem) -> dict[str, Any]:
+    """One problem as ``check --json`` prints it."""
     return {
         "severity": p.severity.value,
         "path": p.path,

@@ -61,7 +61,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from activator.catalog import Catalog
-from activator.cli import main
+from activator.cli import main, problem_json
 from activator.errors import ConfigError, Problem
 from activator.instances import InstanceError, build_instance, resolve
 from activator.loader import load_catalog, read_bounded
@@ -784,7 +784,7 @@ def test_hostile_settings_files_give_settings_or_placed_problems(
             for p in problems:
                 assert p.path == str(written.settings), p
                 assert p.is_error, p
-                assert_placed(_problem_json(p), written)
+                assert_placed(problem_json(p), written)
         finally:
             shutil.rmtree(root, ignore_errors=True)
 
@@ -793,18 +793,6 @@ def test_hostile_settings_files_give_settings_or_placed_problems(
     figures["seconds"] = round(time.monotonic() - started, 1)
     assert refused > 0
     assert loaded > 0
-
-
-def _problem_json(p: Problem) -> dict[str, Any]:
-    return {
-        "severity": p.severity.value,
-        "path": p.path,
-        "line": p.line,
-        "key": p.key,
-        "value": p.value,
-        "reason": p.reason,
-        "message": str(p),
-    }
 
 
 # ---------------------------------------------------------------------------------------------
