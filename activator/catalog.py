@@ -85,6 +85,12 @@ class Catalog:
             raise ConfigError(Problem(name.name, None, None, None, msg))
         if name.name in self.units:
             return self.units[name.name]
+        try:
+            # Each name a caller built (a socket instance's service: foo@NAME.socket is 255
+            # characters, foo@NAME.service one more) is checked as a name read would be.
+            parse_unit_name(name.name)
+        except ValueError as error:
+            raise ConfigError(Problem(name.name, None, None, None, str(error))) from None
         template = name.template.name
         if template not in self.templates:
             why = "has errors" if template in self.failed else "is not in the units directories"

@@ -1175,6 +1175,17 @@ instance_names = st.one_of(
 
 
 @pytest.mark.slow
+def test_an_instance_whose_unit_name_is_too_long_is_refused(templates: Catalog) -> None:
+    """The long fuzz found it: ``enable i@NAME`` (a name without a type, 248 characters)
+    was accepted as ``i@NAME.service``, 256 characters: a unit name no reader accepts, which
+    broke the user name made from it at each start."""
+    instance = "0" * (256 - len("i@.service"))
+    assert enable(f"i@{instance}", templates) == (
+        f"i@{instance}.service: i@{instance}.service: unit name must be at most 255 characters "
+        "(got 256)"
+    )
+
+
 def test_any_instance_name_enable_accepts_keeps_every_path_inside(
     templates: Catalog, figures: dict[str, Any]
 ) -> None:
