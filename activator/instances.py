@@ -62,7 +62,11 @@ def resolve(text: str, catalog: Catalog | None, *, known: Iterable[str] = ()) ->
             catalog is not None and socket_template in catalog.templates
         ) or name.name in set(known)
         if not has_socket:
-            name = name.with_suffix("service")
+            try:  # one character longer than the .socket name checked above
+                name = parse_unit_name(f"{text}.service")
+            except ValueError as error:
+                msg = f"{text}: {error}"
+                raise InstanceError(msg) from error
     if not name.is_instance:
         msg = (
             f"{text}: not an instance of a template (foo@NAME.{name.suffix}): the units of the "

@@ -68,7 +68,7 @@ from activator.loader import load_catalog, read_bounded
 from activator.model import SERVICE_DIRECTIVES, SOCKET_DIRECTIVES, ServiceUnit, SocketUnit
 from activator.settings import load_settings
 from activator.uidpool import is_valid_user_name, user_name
-from activator.units import LONG_LINE_MAX, SYSTEM_DIRECTORIES
+from activator.units import LONG_LINE_MAX, SYSTEM_DIRECTORIES, UnitName
 from activator.values import InetListen, UnixListen
 
 REPO = Path(__file__).resolve().parents[2]
@@ -1181,9 +1181,11 @@ def test_an_instance_whose_unit_name_is_too_long_is_refused(templates: Catalog) 
     broke the user name made from it at each start."""
     instance = "0" * (256 - len("i@.service"))
     assert enable(f"i@{instance}", templates) == (
-        f"i@{instance}.service: i@{instance}.service: unit name must be at most 255 characters "
-        "(got 256)"
+        f"i@{instance}: unit name must be at most 255 characters (got 256)"
     )
+    # Built by other paths (a socket instance's service), the catalog refuses it the same way.
+    with pytest.raises(ConfigError, match=r"unit name must be at most 255 characters \(got 256\)"):
+        templates.instantiate(UnitName("i", instance, "service"))
 
 
 def test_any_instance_name_enable_accepts_keeps_every_path_inside(
