@@ -67,6 +67,17 @@ def hello(port: int) -> tuple[Client, dict[str, str]]:
     return client, dict(part.split("=", 1) for part in line.split())
 
 
+def two_hellos(port: int) -> tuple[tuple[Client, dict[str, str]], tuple[Client, dict[str, str]]]:
+    """:func:`hello` twice, both clients open; the first is closed if the second fails (the
+    server's drain would wait for it)."""
+    first = hello(port)
+    try:
+        return first, hello(port)
+    except BaseException:
+        first[0].close()
+        raise
+
+
 def ask(client: Client, what: str) -> str:
     """Send one request line; the handler's answer."""
     client.send(f"{what}\n".encode())
@@ -205,12 +216,7 @@ def test_a_runtime_directory_per_connection_gives_each_its_own_directory_and_use
     run = directory_name("shinst")
     port = free_port()
     srv = server(units(port, f"RuntimeDirectory={run}/%i\n"))
-    one, first = hello(port)
-    try:
-        two, second = hello(port)
-    except BaseException:
-        one.close()  # the server's drain would wait for it
-        raise
+    (one, first), (two, second) = two_hellos(port)
     with one, two:
         # systemd's instance names, colons and all: N-LOCAL-REMOTE.
         assert first["RUN"] == f"/run/{run}/1-127.0.0.1:{port}-127.0.0.1:{one.port}"
@@ -250,12 +256,7 @@ def test_connections_of_a_unit_with_user_share_that_dynamic_user(
     name = f"sh{secrets.token_hex(3)}"
     port = free_port()
     srv = server(units(port, f"User={name}\n"))
-    one, first = hello(port)
-    try:
-        two, second = hello(port)
-    except BaseException:
-        one.close()  # the server's drain would wait for it
-        raise
+    (one, first), (two, second) = two_hellos(port)
     with one, two:
         assert first["UID"] == second["UID"]
         assert users(srv) == [(name, int(first["UID"]), 2)]
